@@ -1,0 +1,141 @@
+"""Assemble the manifest from a checkpoint, and write the artifact folder atomically.
+
+The folder is built in a hidden staging folder beside the destination and moved into place only
+when every graph has passed the parity gate: an export that fails or is interrupted leaves the
+destination as it was (absent, or the previous artifact when --overwrite was given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from runtime.manifest import TOKENIZER_NAME, Manifest, file_record
+from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
+
+from .errors import ExportError
+from .graphs import ModelDims
+
+_GENERATION_KEYS = (
+    "num_beams", "no_repeat_ngram_size", "early_stopping", "length_penalty", "max_length", "max_new_tokens",
+    "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id",
+    "bos_token_id", "eos_token_id", "pad_token_id",
+)
+_PREPROCESSING_KEYS = (
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+    "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+)
+
+
+def check_destination(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"--output {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"--output {output} is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def staged_folder(output: Path):
+    """Yield a fresh folder on the same filesystem as `output`; on success swap it into place."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact should not be
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = None
+    if output.exists():
+        previous = output.with_name(f".{output.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(output, previous)
+    os.replace(staging, output)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _plain(value):
+    """JSON-safe copies of config values (enums such as PIL resample modes become ints)."""
+    if dataclasses.is_dataclass(value):  # transformers' SizeDict
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, int):
+        return int(value.value)
+    return value
+
+
+def preprocessing_settings(image_processor) -> dict:
+    settings = {key: _plain(getattr(image_processor, key, None)) for key in _PREPROCESSING_KEYS}
+    size = settings.get("size") or {}
+    if not ({"height", "width"} <= set(size)):
+        raise ExportError(f"image processor size {size} is not supported: expected {{'height': H, 'width': W}} as Florence-2 uses")
+    return settings
+
+
+def task_table(processor) -> dict:
+    parse_types = processor.tasks_answer_post_processing_type
+    prompts = {**processor.task_prompts_without_inputs, **processor.task_prompts_with_input}
+    return {token: {"prompt": prompt, "parse_type": parse_types.get(token, "pure_text")} for token, prompt in prompts.items()}
+
+
+def build_manifest(checkpoint, dims: ModelDims, target: str, precision: str, source: dict) -> Manifest:
+    config, tokenizer = checkpoint.model.config, checkpoint.processor.tokenizer
+    text = config.text_config
+    generation = checkpoint.generation_config
+    return Manifest(
+        target=target,
+        precision=precision,
+        source=source,
+        dims={
+            "d_model": dims.d_model, "vocab_size": dims.vocab_size, "tokenizer_size": len(tokenizer),
+            "encoder_layers": text.encoder_layers, "decoder_layers": dims.decoder_layers,
+            "decoder_heads": dims.decoder_heads, "head_dim": dims.head_dim,
+            "image_tokens": dims.image_tokens, "image_size": list(dims.image_size),
+            "max_positions": text.max_position_embeddings,
+        },
+        tokens={
+            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
+            "unk": tokenizer.unk_token_id, "image": config.image_token_id,
+            "decoder_start": generation.decoder_start_token_id if generation.decoder_start_token_id is not None
+            else text.decoder_start_token_id,
+            "first_loc": tokenizer.convert_tokens_to_ids("<loc_0>"),
+        },
+        generation={key: _plain(getattr(generation, key, None)) for key in _GENERATION_KEYS},
+        preprocessing=preprocessing_settings(checkpoint.processor.image_processor),
+        tasks=task_table(checkpoint.processor),
+        post_processing=_plain(getattr(checkpoint.processor, "post_processor_config", None) or DEFAULT_POST_PROCESSOR_CONFIG),
+    )
+
+
+def write_tokenizer(processor, folder: Path) -> dict:
+    """tokenizer.json with every added token, so the runtime needs only the `tokenizers` package."""
+    path = folder / TOKENIZER_NAME
+    processor.tokenizer.backend_tokenizer.save(str(path))
+    return {TOKENIZER_NAME: file_record(path)}
+
+
+def source_record(checkpoint_source: str) -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "model": checkpoint_source,
+        "layout": "native",
+        "exporter": f"florence2-edge {__version__}",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

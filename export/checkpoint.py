@@ -1,0 +1,83 @@
+"""Find and load a Florence-2 checkpoint in the transformers-native layout (a folder or a hub id).
+
+Everything the artifact needs comes out of here as one `Checkpoint`: the model (fp32, eval, eager
+attention so every backend sees plain MatMul/Softmax), the processor (tokenizer, image settings,
+post-processing settings) and the generation defaults. Layout problems are reported as one line
+naming what was expected, before any heavy work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExportError
+
+log = logging.getLogger("export")
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json",)
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Checkpoint:
+    model: object  # Florence2ForConditionalGeneration
+    processor: object  # Florence2Processor
+    generation_config: object
+    source: str  # what the user gave: a path or a hub id
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse, with one line, a folder that is not a native Florence-2 checkpoint."""
+    if not folder.is_dir():
+        raise ExportError(f"--model {folder}: not a folder (expected a Florence-2 checkpoint folder or a hub id like florence-community/Florence-2-base)")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{folder} is not a Florence-2 checkpoint: expected config.json in it")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ExportError(f"{config_path} is not valid JSON: {err}") from None
+    model_type = config.get("model_type")
+    if model_type != "florence2":
+        raise ExportError(f"{folder} is not a Florence-2 checkpoint: config.json has model_type {model_type!r}, expected 'florence2'")
+    if (config.get("vision_config") or {}).get("model_type") == "davit":
+        raise ExportError(
+            f"{folder} is in the original Microsoft layout (trust_remote_code), not the transformers-native one; "
+            "convert it with transformers' convert_florence2_original_pytorch_to_hf.py first"
+        )
+    for kind, names in (("weights", WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES), ("processor", PROCESSOR_FILES)):
+        if not any((folder / name).is_file() for name in names):
+            raise ExportError(f"{folder} has no {kind} file: expected one of {', '.join(names)}")
+
+
+def load_checkpoint(source: str) -> Checkpoint:
+    """Load a local folder (checked first) or a hub id (downloaded by transformers, cached as usual)."""
+    path = Path(source).expanduser()
+    if path.exists() or not _HUB_ID.match(source):
+        check_folder(path)
+        source_ref = str(path.resolve())
+    else:
+        source_ref = source
+    try:
+        return _load(source_ref)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"cannot load Florence-2 checkpoint {source}: {first_line}") from None
+
+
+def _load(source: str) -> Checkpoint:
+    import torch
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+    model = Florence2ForConditionalGeneration.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    processor = AutoProcessor.from_pretrained(source)
+    if getattr(processor, "post_processor_config", None) is None:
+        log.warning("%s has no post_processor_config: using the settings real Florence-2 checkpoints ship", source)
+    return Checkpoint(model=model, processor=processor, generation_config=model.generation_config, source=source)

@@ -1,0 +1,88 @@
+"""`python -m export`: argument parsing and user-facing errors (one line, exit 2; parity failure exit 1)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from pathlib import Path
+
+from .errors import ExportError, ParityError
+from .targets import TARGETS
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line with a suggestion, not a usage dump."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split()
+            known = [o for action in self._actions for o in action.option_strings]
+            hints = [difflib.get_close_matches(u.split("=")[0], known, n=1) for u in unknown]
+            hint = "; ".join(f"did you mean {h[0]}?" for h in hints if h)
+            message = f"unknown option {' '.join(unknown)}" + (f" ({hint})" if hint else "") + "; see --help"
+        self.exit(2, f"export: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m export", description="Export a Florence-2 checkpoint to split, validated graphs.")
+    parser.add_argument("--model", help="checkpoint folder (transformers-native layout) or hub id; "
+                        "default: the embedded tiny checkpoint (embedded:tiny; also embedded:base, embedded:large "
+                        "for real shapes with random weights)")
+    parser.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
+    parser.add_argument("--output", type=Path, help="artifact folder (default: ./florence2-<model>-<target>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--opset", type=int, help="ONNX opset (onnx target; default 18)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    return parser
+
+
+def _check_target(args) -> None:
+    if args.target not in TARGETS:
+        close = difflib.get_close_matches(args.target, TARGETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ExportError(f"unknown target {args.target!r}; {hint}expected one of: {', '.join(TARGETS)}")
+    target = TARGETS[args.target]
+    if args.opset is not None and "opset" not in target.options:
+        raise ExportError(f"--opset applies to the onnx target, not {args.target}")
+    if args.opset is not None and not 17 <= args.opset <= 23:
+        raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")
+
+
+def default_output(model: str | None, target: str) -> Path:
+    name = (model or "embedded:tiny").rstrip("/").replace("embedded:", "embedded-").split("/")[-1]
+    return Path(f"florence2-{name}-{target}")
+
+
+def _quiet_libraries() -> None:
+    """The exporter's and loaders' chatter (torchvision absent, progress bars) is not the user's concern;
+    our own log says what happens. Done after their import: torch resets its loggers on import."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for noisy in ("torch", "torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        _check_target(args)
+        from .pipeline import run_export  # heavy imports only once the arguments are good
+
+        _quiet_libraries()
+        output = args.output or default_output(args.model, args.target)
+        run_export(args.model, args.target, output, overwrite=args.overwrite, opset=args.opset)
+    except ParityError as err:
+        print(f"export: error: {err}", file=sys.stderr)
+        return 1
+    except ExportError as err:
+        print(f"export: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("export: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0

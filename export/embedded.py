@@ -1,0 +1,160 @@
+"""Build Florence-2 checkpoints offline, in the transformers-native layout, from a preset and a seed.
+
+`tiny` is the embedded default `python -m export` uses without `--model`: the real architecture at
+small width, so every graph, every token id and every file is exercised in seconds, with no network.
+`base` and `large` have the real shapes (random weights), for size and parity checks of real-sized
+graphs. The tokenizer is a real byte-level BPE (trained here on a small corpus) carrying every token
+real Florence-2 checkpoints add: the task tokens, `<loc_0>`..`<loc_999>`, `<poly>`, `<sep>`... and
+`<image>`. Processor, preprocessing and generation config are written as real checkpoints have them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
+
+# Tokens the original Florence-2 processor adds to BART's vocabulary, in its order.
+FLORENCE_TOKENS = (
+    ["<od>", "</od>", "<ocr>", "</ocr>"]
+    + [f"<loc_{i}>" for i in range(1000)]
+    + ["<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>",
+       "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>",
+       "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>"]
+)
+IMAGE_TOKEN = "<image>"
+BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in BART
+
+_CORPUS = """\
+What is the text in the image? What is the text in the image, with regions?
+What does the image describe? Describe in detail what is shown in the image.
+Describe with a paragraph what is shown in the image. Locate the objects with category name in the image.
+Locate the objects in the image, with their descriptions. Locate the region proposals in the image.
+Locate the phrases in the caption: a green car parked in front of a yellow building.
+Locate a red car in the image with mask. What is the polygon mask of region
+Locate the person in the image. What is the region? What does the region describe?
+What text is in the region? A cat sitting on a wooden table next to a cup of coffee.
+Two dogs playing with a ball on the grass in a sunny park. A man riding a bicycle down the street.
+The sign says OPEN 24 HOURS. Total amount due: 42.50 USD. Invoice number 1234, date 2024-05-01.
+A woman holding an umbrella in the rain. A plate of food with rice, vegetables and chicken.
+A bus stop with people waiting, trees and a blue sky with clouds. The quick brown fox jumps over the lazy dog.
+"""
+
+PRESETS: dict[str, dict] = {
+    # Real architecture, small width: 577 image tokens (768x768 input, window 12) like the real model.
+    "tiny": {
+        "vision": dict(embed_dim=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], num_groups=[1, 2, 3, 4],
+                       depths=[1, 1, 2, 1], projection_dim=64),
+        "text": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                     decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
+        "vocab_size": None,  # exactly the tokenizer
+    },
+    "base": {
+        "vision": dict(embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32], num_groups=[4, 8, 16, 32],
+                       depths=[1, 1, 9, 1], projection_dim=768),
+        "text": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                     decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
+        "vocab_size": 51289,
+    },
+    "large": {
+        "vision": dict(embed_dim=[256, 512, 1024, 2048], num_heads=[8, 16, 32, 64], num_groups=[8, 16, 32, 64],
+                       depths=[1, 1, 9, 1], projection_dim=1024),
+        "text": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                     decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
+        "vocab_size": 51289,
+    },
+}
+
+GENERATION_DEFAULTS = dict(
+    bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+    forced_bos_token_id=0, forced_eos_token_id=2,
+    num_beams=3, no_repeat_ngram_size=3, early_stopping=True, max_length=1025,
+)
+
+PREPROCESSOR = dict(
+    do_resize=True, size={"height": 768, "width": 768}, resample=3, do_center_crop=False,
+    do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+)
+
+
+def build_tokenizer(bpe_vocab_size: int = 600):
+    """A BART tokenizer (byte-level BPE trained on a small corpus) with every Florence-2 token added."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AddedToken, BartTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_CORPUS.splitlines(), vocab_size=bpe_vocab_size, min_frequency=1,
+                            special_tokens=BART_SPECIALS, show_progress=False)
+    vocab = bpe.get_vocab()
+    merges = _merges(bpe)
+    # `image_token` is a named extra special token, as transformers' conversion script saves it.
+    tokenizer = BartTokenizer(vocab=vocab, merges=merges, extra_special_tokens={"image_token": IMAGE_TOKEN})
+    added = ["<mask>"] + FLORENCE_TOKENS + [IMAGE_TOKEN]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in added], special_tokens=True)
+    return tokenizer
+
+
+def _merges(bpe) -> list[tuple[str, str]]:
+    import json
+
+    model = json.loads(bpe._tokenizer.to_str())["model"]
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+
+
+def build_config(preset: str, tokenizer):
+    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
+
+    spec = PRESETS[preset]
+    vocab_size = max(spec["vocab_size"] or 0, len(tokenizer))
+    text = BartConfig(
+        vocab_size=vocab_size, max_position_embeddings=1024, activation_function="gelu",
+        scale_embedding=False, dropout=0.1, attention_dropout=0.1,
+        bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+        forced_bos_token_id=0, forced_eos_token_id=2, **spec["text"],
+    )
+    vision = Florence2VisionConfig(drop_path_rate=0.1, **spec["vision"])
+    return Florence2Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                           image_token_id=tokenizer.image_token_id)
+
+
+def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """Write a complete native-layout checkpoint (config, safetensors weights, tokenizer, processor,
+    generation config) to `out_dir`. Deterministic for a given preset and seed."""
+    import torch
+    from transformers import CLIPImageProcessorPil, Florence2ForConditionalGeneration, Florence2Processor, GenerationConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer()
+    config = build_config(preset, tokenizer)
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(config).eval()
+    _spread_logits(model, seed)
+    model.generation_config = GenerationConfig(**GENERATION_DEFAULTS)
+    model.save_pretrained(out_dir)
+
+    image_processor = CLIPImageProcessorPil(**PREPROCESSOR, crop_size={"height": 768, "width": 768})
+    image_processor.image_seq_length = 577
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                   post_processor_config=DEFAULT_POST_PROCESSOR_CONFIG)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _spread_logits(model, seed: int) -> None:
+    """Default init (std 0.02) gives a language model whose output ignores its inputs and whose
+    logits are nearly uniform, where argmax hangs on 1e-7 differences. Real checkpoints are peaked and
+    input-driven; re-draw the language model so random ones are too (unit-variance embedding,
+    fan-in scaled linears), and decoded tokens depend on image and prompt by clear margins."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.model.language_model.modules():
+            if isinstance(module, torch.nn.Linear):
+                scale = 3.0 / module.in_features**0.5
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * scale)
+        shared = model.get_input_embeddings().weight  # tied to lm_head
+        shared.copy_(torch.randn(shared.shape, generator=generator))

@@ -1,0 +1,182 @@
+"""The four graphs an artifact holds: one tiny nn.Module per exported boundary, declared flatly.
+
+Each `GraphSpec` names its inputs and outputs with their symbolic axes (optimum style), its fp32
+tolerance for the parity gate, how to build the wrapper from a `Florence2ForConditionalGeneration`,
+and how transformers itself computes the same outputs (the reference the parity gate compares with).
+
+Shapes (d: text width, H/hd: decoder heads/head dim, S: 577 image tokens + prompt tokens):
+    vision_encoder  pixel_values [B,3,768,768] -> image_features [B,577,d]
+    embed_tokens    input_ids [B,T] -> inputs_embeds [B,T,d]
+    encoder         inputs_embeds [B,S,d], attention_mask [B,S] -> encoder_hidden_states [B,S,d],
+                    cross.{i}.key / cross.{i}.value [B,H,S,hd] for every decoder layer i
+    decoder         input_ids [N,1], encoder_attention_mask [B,S], past.{i}.key/value [N,H,P,hd],
+                    cross.{i}.key/value [B,H,S,hd] -> logits [N,1,V], present.{i}.key/value [N,H,P+1,hd]
+where N = B * beams, rows grouped per batch item. The decoder attends each beam's query to its batch
+item's cross K/V by folding beams into the query axis, so beam search never copies cross K/V.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    d_model: int
+    vocab_size: int
+    decoder_layers: int
+    decoder_heads: int
+    head_dim: int
+    image_tokens: int
+    image_size: tuple[int, int]  # (height, width) the vision tower expects
+
+    @classmethod
+    def of(cls, model) -> "ModelDims":
+        text = model.config.text_config
+        return cls(
+            d_model=text.d_model,
+            vocab_size=text.vocab_size,
+            decoder_layers=text.decoder_layers,
+            decoder_heads=text.decoder_attention_heads,
+            head_dim=text.d_model // text.decoder_attention_heads,
+            image_tokens=577,
+            image_size=(768, 768),
+        )
+
+
+def kv_names(prefix: str, layers: int) -> list[str]:
+    """`prefix.{i}.key`, `prefix.{i}.value` for each layer, interleaved in layer order."""
+    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+
+class VisionEncoder(nn.Module):
+    """DaViT + position/temporal embeddings + projection + LayerNorm: pixels to image tokens."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.model
+
+    def forward(self, pixel_values):
+        return self.model.get_image_features(pixel_values).pooler_output
+
+
+class EmbedTokens(nn.Module):
+    """The prompt embedding, scale included (BART's scaled word embedding)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.embed = model.get_input_embeddings()
+
+    def forward(self, input_ids):
+        return self.embed(input_ids)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, S, H*hd] -> [B, H, S, hd]"""
+    batch, seq, width = x.shape
+    return x.reshape(batch, seq, heads, width // heads).transpose(1, 2)
+
+
+class Encoder(nn.Module):
+    """The BART encoder over [image tokens ; prompt], plus every decoder layer's cross-attention K/V,
+    so the decoder never recomputes them per token."""
+
+    def __init__(self, model):
+        super().__init__()
+        language_model = model.model.language_model
+        self.encoder = language_model.encoder
+        self.cross_attn = nn.ModuleList(layer.encoder_attn for layer in language_model.decoder.layers)
+
+    def forward(self, inputs_embeds, attention_mask):
+        hidden = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        outputs = [hidden]
+        for attn in self.cross_attn:
+            outputs += [_heads(attn.k_proj(hidden), attn.num_heads), _heads(attn.v_proj(hidden), attn.num_heads)]
+        return tuple(outputs)
+
+
+class DecoderStep(nn.Module):
+    """One decoder step over cached self-attention K/V and precomputed cross-attention K/V.
+
+    Written out with the decoder's own submodules (BART post-LN layers) because transformers'
+    attention would need the cross K/V repeated per beam; here beams share them.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.model.language_model.decoder
+        self.lm_head = model.lm_head
+
+    def forward(self, input_ids, encoder_attention_mask, *cache):
+        layers = self.decoder.layers
+        past, cross = cache[: 2 * len(layers)], cache[2 * len(layers):]
+        past_length = past[0].shape[2]
+        positions = torch.arange(1, device=input_ids.device) + past_length
+        hidden = self.decoder.embed_tokens(input_ids) + self.decoder.embed_positions(input_ids, position_ids=positions)
+        hidden = self.decoder.layernorm_embedding(hidden)
+        # Additive mask over encoder positions, [B, 1, 1, S].
+        bias = (1.0 - encoder_attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        presents = []
+        for i, layer in enumerate(layers):
+            attn_out, key, value = self._self_attention(layer.self_attn, hidden, past[2 * i], past[2 * i + 1])
+            presents += [key, value]
+            hidden = layer.self_attn_layer_norm(hidden + attn_out)
+            cross_out = self._cross_attention(layer.encoder_attn, hidden, cross[2 * i], cross[2 * i + 1], bias)
+            hidden = layer.encoder_attn_layer_norm(hidden + cross_out)
+            hidden = layer.final_layer_norm(hidden + layer.fc2(layer.activation_fn(layer.fc1(hidden))))
+        return (self.lm_head(hidden), *presents)
+
+    @staticmethod
+    def _self_attention(attn, hidden, past_key, past_value):
+        heads = attn.num_heads
+        query = _heads(attn.q_proj(hidden), heads)
+        key = torch.cat([past_key, _heads(attn.k_proj(hidden), heads)], dim=2)
+        value = torch.cat([past_value, _heads(attn.v_proj(hidden), heads)], dim=2)
+        weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) * attn.scaling, dim=-1)
+        out = torch.matmul(weights, value).transpose(1, 2).reshape(hidden.shape)
+        return attn.out_proj(out), key, value
+
+    @staticmethod
+    def _cross_attention(attn, hidden, key, value, bias):
+        rows, _, width = hidden.shape
+        batch, heads, _, head_dim = key.shape
+        # [N,1,d] -> [B, H, beams, hd]: a batch item's beams become its query positions.
+        query = attn.q_proj(hidden).reshape(batch, -1, heads, head_dim).transpose(1, 2)
+        weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) * attn.scaling + bias, dim=-1)
+        out = torch.matmul(weights, value).transpose(1, 2).reshape(rows, 1, width)
+        return attn.out_proj(out)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    wrapper: Callable  # model -> nn.Module
+    inputs: dict[str, dict[int, str]]  # input name -> {axis: symbolic dim}
+    outputs: dict[str, dict[int, str]]
+    tolerance: float  # fp32 max abs diff accepted by the parity gate, per output
+
+
+def graph_specs(dims: ModelDims) -> list[GraphSpec]:
+    layers = dims.decoder_layers
+    cross = {name: {0: "batch", 2: "encoder_sequence"} for name in kv_names("cross", layers)}
+    past = {name: {0: "rows", 2: "past_sequence"} for name in kv_names("past", layers)}
+    present = {name: {0: "rows", 2: "present_sequence"} for name in kv_names("present", layers)}
+    return [
+        # The vision tower is ~20 stacked blocks over 768x768 pixels: float error accumulates more.
+        GraphSpec("vision_encoder", VisionEncoder, {"pixel_values": {0: "batch"}},
+                  {"image_features": {0: "batch"}}, tolerance=1e-4),
+        GraphSpec("embed_tokens", EmbedTokens, {"input_ids": {0: "batch", 1: "sequence"}},
+                  {"inputs_embeds": {0: "batch", 1: "sequence"}}, tolerance=1e-6),
+        GraphSpec("encoder", Encoder,
+                  {"inputs_embeds": {0: "batch", 1: "encoder_sequence"},
+                   "attention_mask": {0: "batch", 1: "encoder_sequence"}},
+                  {"encoder_hidden_states": {0: "batch", 1: "encoder_sequence"}, **cross}, tolerance=1e-4),
+        GraphSpec("decoder", DecoderStep,
+                  {"input_ids": {0: "rows"}, "encoder_attention_mask": {0: "batch", 1: "encoder_sequence"},
+                   **past, **cross},
+                  {"logits": {0: "rows"}, **present}, tolerance=1e-4),
+    ]

@@ -1,0 +1,155 @@
+"""The parity gate: every written graph, run by its backend, against transformers' own computation.
+
+Inputs are generated (batch 2, two prompt lengths, a padded row, decoder steps with an empty and a
+filled cache, greedy and 3 beams). The reference is transformers itself — `get_image_features`, the
+BART encoder and decoder with their `EncoderDecoderCache` — not our wrappers, so a wrapper that
+drifts from transformers fails here too. Every output outside tolerance is listed in one error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ParityError
+from .graphs import GraphSpec, ModelDims, kv_names
+
+PROMPT_LENGTHS = (3, 9)
+
+
+@dataclass
+class GraphParity:
+    graph: str
+    tolerance: float
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # worst over all cases, per output
+    cases: int = 0
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values())
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{self.graph}.{name}: max abs diff {diff:.3g} > {self.tolerance:g}"
+                for name, diff in self.max_abs_diff.items() if not diff <= self.tolerance]
+
+    def to_dict(self) -> dict:
+        return {"tolerance": self.tolerance, "max_abs_diff": self.worst, "per_output": self.max_abs_diff,
+                "cases": self.cases}
+
+
+def _mask(batch: int, lengths: list[int], total: int) -> np.ndarray:
+    mask = np.zeros((batch, total), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    return mask
+
+
+def sample_cases(name: str, dims: ModelDims, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Generated inputs for one graph: varied batch, sequence, cache and beam sizes."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    full = [dims.image_tokens + n for n in PROMPT_LENGTHS]
+    if name == "vision_encoder":
+        return [{"pixel_values": normal(2, 3, *dims.image_size)}]
+    if name == "embed_tokens":
+        return [{"input_ids": rng.integers(0, dims.vocab_size, (2, n), dtype=np.int64)} for n in PROMPT_LENGTHS]
+    if name == "encoder":
+        return [{"inputs_embeds": normal(2, total, dims.d_model), "attention_mask": _mask(2, [total, full[0]], total)}
+                for total in full]
+    if name == "decoder":
+        cases = []
+        for beams, past in ((1, 0), (3, 5)):
+            rows, total = 2 * beams, full[1]
+            case = {"input_ids": rng.integers(0, dims.vocab_size, (rows, 1), dtype=np.int64),
+                    "encoder_attention_mask": _mask(2, [total, full[0]], total)}
+            case.update({n: normal(rows, dims.decoder_heads, past, dims.head_dim) for n in kv_names("past", dims.decoder_layers)})
+            case.update({n: normal(2, dims.decoder_heads, total, dims.head_dim) for n in kv_names("cross", dims.decoder_layers)})
+            cases.append(case)
+        return cases
+    raise ValueError(f"no parity inputs for graph {name!r}")
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+@torch.no_grad()
+def reference_outputs(name: str, model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What transformers computes for the graph's inputs, keyed by the graph's output names."""
+    if name == "vision_encoder":
+        return {"image_features": model.get_image_features(_t(feeds["pixel_values"])).pooler_output.numpy()}
+    if name == "embed_tokens":
+        return {"inputs_embeds": model.get_input_embeddings()(_t(feeds["input_ids"])).numpy()}
+    if name == "encoder":
+        return _encoder_reference(model, feeds)
+    if name == "decoder":
+        return _decoder_reference(model, feeds)
+    raise ValueError(f"no reference for graph {name!r}")
+
+
+def _encoder_reference(model, feeds):
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    language_model = model.model.language_model
+    mask = _t(feeds["attention_mask"])
+    hidden = language_model.encoder(inputs_embeds=_t(feeds["inputs_embeds"]), attention_mask=mask).last_hidden_state
+    # One decoder step fills transformers' cross-attention cache: those are the K/V to match.
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    start = torch.full((hidden.shape[0], 1), model.config.text_config.decoder_start_token_id)
+    language_model.decoder(input_ids=start, encoder_hidden_states=hidden, encoder_attention_mask=mask,
+                           past_key_values=cache, use_cache=True)
+    outputs = {"encoder_hidden_states": hidden.numpy()}
+    layers = cache.cross_attention_cache.layers
+    for i, layer in enumerate(layers):
+        outputs[f"cross.{i}.key"], outputs[f"cross.{i}.value"] = layer.keys.numpy(), layer.values.numpy()
+    return outputs
+
+
+def _decoder_reference(model, feeds):
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    decoder = model.model.language_model.decoder
+    layers = len(decoder.layers)
+    input_ids, mask = _t(feeds["input_ids"]), _t(feeds["encoder_attention_mask"])
+    beams = input_ids.shape[0] // mask.shape[0]
+    self_cache, cross_cache = DynamicCache(), DynamicCache()
+    for i in range(layers):
+        if feeds[f"past.{i}.key"].shape[2]:
+            self_cache.update(_t(feeds[f"past.{i}.key"]), _t(feeds[f"past.{i}.value"]), i)
+        # transformers' own layout: cross K/V repeated per beam.
+        cross_cache.update(_t(feeds[f"cross.{i}.key"]).repeat_interleave(beams, 0),
+                           _t(feeds[f"cross.{i}.value"]).repeat_interleave(beams, 0), i)
+    cache = EncoderDecoderCache(self_cache, cross_cache)
+    rows, sequence = input_ids.shape[0], mask.shape[1]
+    unused_hidden = torch.zeros(rows, sequence, decoder.config.d_model)  # K/V come from the cache
+    out = decoder(input_ids=input_ids, encoder_hidden_states=unused_hidden,
+                  encoder_attention_mask=mask.repeat_interleave(beams, 0), past_key_values=cache, use_cache=True)
+    outputs = {"logits": model.lm_head(out.last_hidden_state).numpy()}
+    for i, layer in enumerate(cache.self_attention_cache.layers[:layers]):
+        outputs[f"present.{i}.key"], outputs[f"present.{i}.value"] = layer.keys.numpy(), layer.values.numpy()
+    return outputs
+
+
+def check_graph(spec: GraphSpec, session, model, dims: ModelDims, tolerance: float | None = None) -> GraphParity:
+    """Run `session` and the reference on every sample case; keep the worst diff per output."""
+    result = GraphParity(spec.name, spec.tolerance if tolerance is None else tolerance)
+    for feeds in sample_cases(spec.name, dims):
+        got = session.run(feeds)
+        want = reference_outputs(spec.name, model, feeds)
+        for name in spec.outputs:
+            if got[name].shape != want[name].shape:
+                diff = float("inf")
+            else:
+                diff = float(np.max(np.abs(got[name].astype(np.float64) - want[name]))) if want[name].size else 0.0
+            result.max_abs_diff[name] = max(result.max_abs_diff.get(name, 0.0), diff)
+        result.cases += 1
+    return result
+
+
+def raise_on_failures(results: list[GraphParity]) -> None:
+    failures = [line for r in results for line in r.failures]
+    if failures:
+        raise ParityError(f"parity gate failed for {len(failures)} output(s): " + "; ".join(failures))

@@ -1,0 +1,41 @@
+"""Backend adapters behind one small Session protocol.
+
+A `Session` runs one graph file: `session.run({name: array}) -> {name: array}`. Each backend lives in
+its own module and is imported only when asked for, so the runtime needs exactly one of them installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.errors import Florence2Error
+
+# target -> (module, pip extra that installs its backend)
+BACKENDS = {
+    "onnx": ("platforms.onnxruntime", "onnx"),
+}
+
+
+class BackendError(Florence2Error):
+    """The backend for a target is missing, or cannot use the requested device."""
+
+
+class Session(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+    device: str  # the device really in use, after any fallback
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]: ...
+
+
+def open_session(target: str, path: str | Path, device: str = "cpu", **options) -> Session:
+    """Open one graph file of an artifact of `target` on `device`."""
+    if target not in BACKENDS:
+        raise BackendError(f"no runtime backend for target {target!r}; available: {', '.join(BACKENDS)}")
+    module_name, _extra = BACKENDS[target]
+    module = importlib.import_module(module_name)
+    return module.open_session(Path(path), device=device, **options)

@@ -1,0 +1,1 @@
+"""Precision passes per target and the fidelity report (see the quantization issue); nothing yet."""
