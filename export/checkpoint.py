@@ -64,6 +64,7 @@ def load_checkpoint(source: str) -> Checkpoint:
         source_ref = str(path.resolve())
     else:
         source_ref = source
+    log.info("loading %s", source)
     try:
         return _load(source_ref)
     except (OSError, ValueError) as err:

@@ -146,15 +146,15 @@ def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
 def _spread_logits(model, seed: int) -> None:
     """Default init (std 0.02) gives a language model whose output ignores its inputs and whose
     logits are nearly uniform, where argmax hangs on 1e-7 differences. Real checkpoints are peaked and
-    input-driven; re-draw the language model so random ones are too (unit-variance embedding,
+    input-driven; re-draw the decoder so random ones are too (wider embedding,
     fan-in scaled linears), and decoded tokens depend on image and prompt by clear margins."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for module in model.model.language_model.modules():
+        for module in model.model.language_model.decoder.modules():
             if isinstance(module, torch.nn.Linear):
-                scale = 3.0 / module.in_features**0.5
+                scale = 2.0 / module.in_features**0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * scale)
         shared = model.get_input_embeddings().weight  # tied to lm_head
-        shared.copy_(torch.randn(shared.shape, generator=generator))
+        shared.copy_(torch.randn(shared.shape, generator=generator) * 0.7)

@@ -36,7 +36,6 @@ def resolve_checkpoint(model: str | None, scratch: Path) -> Checkpoint:
         checkpoint = load_checkpoint(str(build_checkpoint(scratch / preset, preset=preset)))
         checkpoint.source = EMBEDDED_PREFIX + preset
         return checkpoint
-    log.info("loading %s", model)
     return load_checkpoint(model)
 
 

@@ -11,11 +11,11 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-EARLY_STOPPING_VALUES = (True, False, "never")
-
 
 @dataclass(frozen=True)
 class GenerationOptions:
+    """Decoding options; invalid values raise ValueError on construction and in `replace`."""
+
     max_new_tokens: int = 20
     min_new_tokens: int = 0  # EOS is masked until this many tokens are generated
     num_beams: int = 1  # 1: greedy search
@@ -72,9 +72,8 @@ def verify_options(options: GenerationOptions) -> None:
         raise ValueError(
             f"min_new_tokens must be <= max_new_tokens ({options.max_new_tokens}), got {options.min_new_tokens}"
         )
-    # `1 == True`, so compare by identity for the bools.
-    if not any(options.early_stopping is v if isinstance(v, bool) else options.early_stopping == v
-               for v in EARLY_STOPPING_VALUES):
+    early = options.early_stopping
+    if not (isinstance(early, bool) or (isinstance(early, str) and early == "never")):  # 1 is not True here
         raise ValueError(f"early_stopping must be True, False or 'never', got {options.early_stopping!r}")
     penalty = options.length_penalty
     if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):

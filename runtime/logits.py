@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.generation import GenerationOptions
+from .generation import GenerationOptions
 
 NEG_INF = np.float32(-np.inf)
 

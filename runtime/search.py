@@ -4,10 +4,13 @@
 returns for an encoder-decoder model (transformers 5.x `_sample` with do_sample=False, and the
 vectorized `_beam_search`), given a `StepModel` that runs one decoder step with its own KV cache.
 
-Numerics follow torch on CPU: scores stay float32, log_softmax is `(x - max) - log(sum(exp(x - max)))`
-in float32, and length penalties divide float32 scores by the float32-rounded Python float.
+Numerics follow torch on CPU: scores stay float32 (logits are upcast, as generate() does),
+log_softmax is `(x - max) - log(sum(exp(x - max)))` in float32, and length penalties divide float32
+scores by the float32-rounded Python float. Bit-identical log-probs are out of reach: torch's
+vectorized exp/log and lane-wise sum give a log-sum an ulp or so away from numpy's, which shifts a
+whole row and can only flip a choice between beams whose scores agree to ~1e-7 relative.
 torch.topk leaves the order of exactly equal scores unspecified; here they go in index order.
-Exact ties only arise between masked (-inf) or -1e9 placeholder candidates, which never win.
+Exact ties only arise between masked (-inf) or -1e9 placeholder candidates, which never reach the output.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.generation import GenerationOptions, verify_options
-from runtime.logits import ProcessorChain, build_processors
+from .generation import GenerationOptions, verify_options
+from .logits import ProcessorChain, build_processors
 
 # transformers' "never pick this" offset for beam scores (a finite -1e9, not -inf).
 _BIG_NEG = np.float32(-1.0e9)
@@ -44,20 +47,55 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Largest k per row of x [R, n], as (values, indices) [R, k], largest first, ties in index order."""
+    x = np.ascontiguousarray(x)
     rows, n = x.shape
     if k >= n:
         idx = np.argsort(-x, axis=-1, kind="stable")
-    else:
-        # O(n) selection: everything >= the k-th largest value; np.nonzero lists it in index order.
-        kth = np.partition(x, n - k, axis=-1)[:, n - k:n - k + 1]
-        hit_rows, hit_cols = np.nonzero(x >= kth)
-        if np.array_equal(np.bincount(hit_rows, minlength=rows), np.full(rows, k)):
-            idx = hit_cols.reshape(rows, k)
-        else:  # ties at the k-th value (only among masked candidates): keep the lowest indices
-            idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
-    values = np.take_along_axis(x, idx, axis=-1)
-    order = np.argsort(-values, axis=-1, kind="stable")
-    return np.take_along_axis(values, order, axis=-1), np.take_along_axis(idx, order, axis=-1)
+        return x[np.arange(rows)[:, None], idx], idx
+    # The k-th largest of a strided sample bounds the k-th largest of x from below and, on real
+    # scores, leaves ~k * stride candidates, so a beam step need not partition all num_beams * V
+    # scores (np.partition is also slow on the many equal -inf of a forced-token step).
+    stride = max(1, int((n / k) ** 0.5))
+    sample = x[:, ::stride]
+    flat = _candidates(x, k, np.partition(sample, sample.shape[1] - k, axis=-1)[:, sample.shape[1] - k])
+    if len(flat) > rows * k * 4 * stride:  # an unrepresentative sample: bound by the exact k-th value
+        flat = _candidates(x, k, np.partition(x, n - k, axis=-1)[:, n - k])
+    return _sorted_candidates(x, flat, k)
+
+
+def _candidates(x: np.ndarray, k: int, bound: np.ndarray) -> np.ndarray:
+    """Ascending flat indices holding each row's top k, given bound [R] <= each row's k-th largest."""
+    rows, n = x.shape
+    flat = np.flatnonzero(x > bound[:, None])
+    need = k - np.bincount(flat // n, minlength=rows)
+    short = np.flatnonzero(need > 0)
+    if len(short) == 0:  # >= k scores above the bound: every top-k score (ties included) is among them
+        return flat
+    # Otherwise the k-th largest equals the bound: add the lowest-index scores equal to it.
+    ties = [r * n + np.flatnonzero(x[r] == bound[r])[:need[r]] for r in short.tolist()]
+    return np.sort(np.concatenate([flat, *ties]))
+
+
+def _rank_in_row(row_of: np.ndarray, rows: int) -> np.ndarray:
+    """For row ids sorted ascending, each element's position within its row."""
+    counts = np.bincount(row_of, minlength=rows)
+    return np.arange(len(row_of)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _sorted_candidates(x: np.ndarray, flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of each row among candidate flat indices (ascending; >= k per row)."""
+    rows, n = x.shape
+    row_of, col = np.divmod(flat, n)
+    pos = _rank_in_row(row_of, rows)
+    width = int(pos.max()) + 1
+    # Pad ragged rows with -inf after the real candidates: a stable sort keeps pads last among equals.
+    values = np.full((rows, width), -np.inf, dtype=x.dtype)
+    cols = np.full((rows, width), n, dtype=np.int64)
+    values[row_of, pos] = x.reshape(-1)[flat]
+    cols[row_of, pos] = col
+    order = np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    row_idx = np.arange(rows)[:, None]
+    return values[row_idx, order], cols[row_idx, order]
 
 
 class TokenDecoder:
@@ -135,6 +173,7 @@ class BeamSearchDecoder(TokenDecoder):
     def reset(self, batch_size: int) -> None:
         b, k, m = batch_size, self.k, self.max_length
         self.batch_size = b
+        self._rows = np.arange(b)[:, None]  # with a [b, j] index array: picks along the beam axis
         self.running = np.full((b, k, m), self.fill, dtype=np.int64)
         self.running[:, :, 0] = self.options.decoder_start_token_id
         # Only beam 0 starts live, so the first step does not pick the same token K times.
@@ -160,16 +199,16 @@ class BeamSearchDecoder(TokenDecoder):
         totals = (log_probs.reshape(b, k, vocab) + self.running_scores[:, :, None]).reshape(b, k * vocab)
         scores, flat_idx = topk(totals, 2 * k)
         source, tokens = np.divmod(flat_idx, vocab)
-        candidates = np.take_along_axis(self.running, source[:, :, None], axis=1)  # [b, 2k, max_length]
+        candidates = self.running[self._rows, source]  # [b, 2k, max_length]
         candidates[:, :, cur] = tokens
         stops = (tokens == self.options.eos_token_id) | (cur + 1 >= self.max_length)
 
         # Stopped candidates cannot keep running: push them below every live one.
         live_scores = scores + stops.astype(np.float32) * _BIG_NEG
         live_scores, keep = topk(live_scores, k)
-        self.running = np.take_along_axis(candidates, keep[:, :, None], axis=1)
+        self.running = candidates[self._rows, keep]
         self.running_scores = live_scores
-        beam_idx = (np.take_along_axis(source, keep, axis=1) + np.arange(b)[:, None] * k).reshape(-1)
+        beam_idx = (source[self._rows, keep] + self._rows * k).reshape(-1)
 
         self._update_finished(candidates, scores, stops)
         self.cur_len = cur + 1
@@ -196,12 +235,10 @@ class BeamSearchDecoder(TokenDecoder):
 
         merged_scores = np.concatenate([self.finished_scores, scores], axis=1)
         self.finished_scores, best = topk(merged_scores, k)
-        self.finished = np.take_along_axis(
-            np.concatenate([self.finished, candidates], axis=1), best[:, :, None], axis=1)
-        lens = np.concatenate([self.finished_lens, np.full((b, 2 * k), gen_len)], axis=1)
-        self.finished_lens = np.take_along_axis(lens, best, axis=1)
-        flags = np.concatenate([self.is_finished, just_finished], axis=1)
-        self.is_finished = np.take_along_axis(flags, best, axis=1)
+        rows = self._rows
+        self.finished = np.concatenate([self.finished, candidates], axis=1)[rows, best]
+        self.finished_lens = np.concatenate([self.finished_lens, np.full((b, 2 * k), gen_len)], axis=1)[rows, best]
+        self.is_finished = np.concatenate([self.is_finished, just_finished], axis=1)[rows, best]
 
     def _update_heuristic(self) -> None:
         """Can a running beam still beat the worst finished one? (`_check_early_stop_heuristic`)"""
