@@ -8,25 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
+from runtime.cli import OneLineParser
+
 from .errors import ExportError, ParityError
 from .targets import TARGETS
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line with a suggestion, not a usage dump."""
-
-    def error(self, message: str):
-        if message.startswith("unrecognized arguments:"):
-            unknown = message.split(":", 1)[1].split()
-            known = [o for action in self._actions for o in action.option_strings]
-            hints = [difflib.get_close_matches(u.split("=")[0], known, n=1) for u in unknown]
-            hint = "; ".join(f"did you mean {h[0]}?" for h in hints if h)
-            message = f"unknown option {' '.join(unknown)}" + (f" ({hint})" if hint else "") + "; see --help"
-        self.exit(2, f"export: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m export", description="Export a Florence-2 checkpoint to split, validated graphs.")
+    parser = OneLineParser(prog="python -m export", description="Export a Florence-2 checkpoint to split, validated graphs.")
     parser.add_argument("--model", help="checkpoint folder (transformers-native layout) or hub id; "
                         "default: the embedded tiny checkpoint (embedded:tiny; also embedded:base, embedded:large "
                         "for real shapes with random weights)")
@@ -62,7 +51,8 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    for noisy in ("torch", "torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir"):
+    for noisy in ("torch", "torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir",
+                  "huggingface_hub", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -48,6 +48,7 @@ PRESETS: dict[str, dict] = {
         "text": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                      decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
         "vocab_size": None,  # exactly the tokenizer
+        "decoder_scale": 2.0, "embedding_std": 0.7,  # see _spread_logits
     },
     "base": {
         "vision": dict(embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32], num_groups=[4, 8, 16, 32],
@@ -55,6 +56,7 @@ PRESETS: dict[str, dict] = {
         "text": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
         "vocab_size": 51289,
+        "decoder_scale": 1.0, "embedding_std": 0.5,
     },
     "large": {
         "vision": dict(embed_dim=[256, 512, 1024, 2048], num_heads=[8, 16, 32, 64], num_groups=[8, 16, 32, 64],
@@ -62,6 +64,7 @@ PRESETS: dict[str, dict] = {
         "text": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
                      decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
         "vocab_size": 51289,
+        "decoder_scale": 1.0, "embedding_std": 0.5,
     },
 }
 
@@ -131,7 +134,7 @@ def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
     config = build_config(preset, tokenizer)
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config).eval()
-    _spread_logits(model, seed)
+    _spread_logits(model, seed, PRESETS[preset]["decoder_scale"], PRESETS[preset]["embedding_std"])
     model.generation_config = GenerationConfig(**GENERATION_DEFAULTS)
     model.save_pretrained(out_dir)
 
@@ -143,18 +146,19 @@ def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
     return out_dir
 
 
-def _spread_logits(model, seed: int) -> None:
+def _spread_logits(model, seed: int, decoder_scale: float, embedding_std: float) -> None:
     """Default init (std 0.02) gives a language model whose output ignores its inputs and whose
     logits are nearly uniform, where argmax hangs on 1e-7 differences. Real checkpoints are peaked and
     input-driven; re-draw the decoder so random ones are too (wider embedding,
-    fan-in scaled linears), and decoded tokens depend on image and prompt by clear margins."""
+    fan-in scaled linears), and decoded tokens depend on image and prompt by clear margins.
+    Deep presets get a gentler scale: each layer multiplies float32 rounding by it."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in model.model.language_model.decoder.modules():
             if isinstance(module, torch.nn.Linear):
-                scale = 2.0 / module.in_features**0.5
+                scale = decoder_scale / module.in_features**0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * scale)
         shared = model.get_input_embeddings().weight  # tied to lm_head
-        shared.copy_(torch.randn(shared.shape, generator=generator) * 0.7)
+        shared.copy_(torch.randn(shared.shape, generator=generator) * embedding_std)

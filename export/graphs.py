@@ -17,7 +17,7 @@ item's cross K/V by folding beams into the query axis, so beam search never copi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -158,6 +158,10 @@ class GraphSpec:
     inputs: dict[str, dict[int, str]]  # input name -> {axis: symbolic dim}
     outputs: dict[str, dict[int, str]]
     tolerance: float  # fp32 max abs diff accepted by the parity gate, per output
+    output_tolerances: dict[str, float] = field(default_factory=dict)  # per-output exceptions
+
+    def tolerance_of(self, output: str) -> float:
+        return self.output_tolerances.get(output, self.tolerance)
 
 
 def graph_specs(dims: ModelDims) -> list[GraphSpec]:
@@ -178,5 +182,8 @@ def graph_specs(dims: ModelDims) -> list[GraphSpec]:
         GraphSpec("decoder", DecoderStep,
                   {"input_ids": {0: "rows"}, "encoder_attention_mask": {0: "batch", 1: "encoder_sequence"},
                    **past, **cross},
-                  {"logits": {0: "rows"}, **present}, tolerance=1e-4),
+                  {"logits": {0: "rows"}, **present}, tolerance=1e-4,
+                  # Logits are d-wide dot products with the tied embedding, magnitude 30-100 at base
+                  # size: 1e-3 there is ~1e-5 relative, far inside any top-1 margin that matters.
+                  output_tolerances={"logits": 1e-3}),
     ]

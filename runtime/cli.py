@@ -27,8 +27,9 @@ class UsageError(Florence2Error):
     """A bad command line: reported in one line, exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (with a suggestion for a mistyped option), exit 2."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with a suggestion for a mistyped option), exit 2.
+    Shared by `python -m export`."""
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
@@ -37,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
             hints = [difflib.get_close_matches(u.split("=")[0], known, n=1) for u in unknown]
             hint = "; ".join(f"did you mean {h[0]}?" for h in hints if h)
             message = f"unknown option {' '.join(unknown)}" + (f" ({hint})" if hint else "") + "; see --help"
-        self.exit(2, f"{PROG}: error: {message}\n")
+        self.exit(2, f"{self.prog.split()[-1]}: error: {message}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -51,7 +52,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=f"python -m {PROG}", description="Run an exported Florence-2 artifact on images. "
+    parser = OneLineParser(prog=f"python -m {PROG}", description="Run an exported Florence-2 artifact on images. "
                      "Prints one JSON line per image; exit 1 if any image failed, 2 on bad arguments.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files, or folders whose image files are all run (not recursive)")
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", help="text input of the tasks that take one (grounding, segmentation, regions)")
     parser.add_argument("--num-beams", type=_positive_int, help="beam count (default: the artifact's own)")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="token limit (default: the artifact's own)")
+    parser.add_argument("--ids", action="store_true", help="also print the generated token ids of each image")
     parser.add_argument("--device", default="cpu", help="cpu, gpu, npu or auto (default: cpu)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per batch (default: 1)")
     parser.add_argument("--annotate", type=Path, metavar="OUT_DIR",
@@ -150,7 +152,7 @@ def _run_batches(model, loaded: list, args, overrides: dict) -> int:
         batch = loaded[start : start + args.batch_size]
         began = time.perf_counter()
         try:
-            answers = model([image for _, image in batch], args.task, args.text, **overrides)
+            results = model.run([image for _, image in batch], args.task, args.text, **overrides)
         except Florence2Error as err:
             for path, _ in batch:
                 _fail(path, args.task, str(err))
@@ -158,8 +160,8 @@ def _run_batches(model, loaded: list, args, overrides: dict) -> int:
             continue
         # A batch is one computation: each image is charged its share of the batch's time.
         seconds = round((time.perf_counter() - began) / len(batch), 4)
-        for (path, image), answer in zip(batch, answers):
-            result = answer[args.task]
+        for (path, image), run in zip(batch, results):
+            result = run.answer[args.task]
             if args.annotate is not None:
                 target = args.annotate / _annotation_name(path, used_names)
                 try:
@@ -168,7 +170,10 @@ def _run_batches(model, loaded: list, args, overrides: dict) -> int:
                     _fail(path, args.task, f"cannot write {target}: {err}")
                     failed += 1
                     continue
-            _emit({"image": str(path), "task": args.task, "result": result, "seconds": seconds})
+            record = {"image": str(path), "task": args.task, "result": result, "seconds": seconds}
+            if args.ids:
+                record["ids"] = run.ids
+            _emit(record)
     return failed
 
 

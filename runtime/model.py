@@ -36,6 +36,13 @@ class Request:
     prompts: list[str]
 
 
+@dataclass
+class Result:
+    ids: list[int]  # as transformers' generate() returns them, decoder start token first
+    text: str  # decoded with special tokens kept, as post_process_generation expects
+    answer: dict  # {task: parsed answer}
+
+
 class Florence2:
     def __init__(self, manifest: Manifest, folder: Path, sessions: dict, tokenizer: PromptTokenizer):
         self.manifest, self.folder, self.sessions, self.tokenizer = manifest, folder, sessions, tokenizer
@@ -65,11 +72,19 @@ class Florence2:
 
     def __call__(self, image, task: str | list[str], text: str | list[str] | None = None, **options):
         """Parsed results as `Florence2Processor.post_process_generation` returns them: {task: answer}."""
+        results = [r.answer for r in self.run(image, task, text, **options)]
+        return results if isinstance(image, list) else results[0]
+
+    def run(self, image, task: str | list[str], text: str | list[str] | None = None, **options) -> list[Result]:
+        """One `Result` per image: generated ids, decoded text and parsed answer together."""
         request = self._request(image, task, text)
         ids = self._generate(request, self.defaults.replace(**options))
-        results = [parse(self.tokenizer.decode(row), task_token, img.size, self.manifest.post_processing)
-                   for row, task_token, img in zip(ids, request.tasks, request.images)]
-        return results if isinstance(image, list) else results[0]
+        results = []
+        for row, task_token, img in zip(ids.tolist(), request.tasks, request.images):
+            decoded = self.tokenizer.decode(row)
+            answer = parse(decoded, task_token, img.size, self.manifest.post_processing)
+            results.append(Result(row, decoded, answer))
+        return results
 
     def _request(self, image, task, text) -> Request:
         images = [load_image(i) for i in (image if isinstance(image, list) else [image])]
