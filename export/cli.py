@@ -11,7 +11,7 @@ from pathlib import Path
 from runtime.cli import OneLineParser
 
 from .errors import ExportError, ParityError
-from .targets import TARGETS
+from .targets import PRECISIONS, TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="artifact folder (default: ./florence2-<model>-<target>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     parser.add_argument("--opset", type=int, help="ONNX opset (onnx target; default 18)")
+    precision = parser.add_mutually_exclusive_group()
+    for name in PRECISIONS[1:]:
+        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
+                               help=f"write {name} graphs (where the target can; default: the target's own, fp32 for onnx)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
 
@@ -35,6 +39,9 @@ def _check_target(args) -> None:
     target = TARGETS[args.target]
     if args.opset is not None and "opset" not in target.options:
         raise ExportError(f"--opset applies to the onnx target, not {args.target}")
+    if args.precision is not None and args.precision not in target.precisions:
+        reason = target.refused.get(args.precision, f"{args.target} writes {', '.join(target.precisions)}")
+        raise ExportError(f"--{args.precision} is not available for --target {args.target}: {reason}")
     if args.opset is not None and not 17 <= args.opset <= 23:
         raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")
 
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         _quiet_libraries()
         output = args.output or default_output(args.model, args.target)
-        run_export(args.model, args.target, output, overwrite=args.overwrite, opset=args.opset)
+        run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
+                   opset=args.opset)
     except ParityError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 1

@@ -18,6 +18,10 @@ from .graphs import GraphSpec, ModelDims, kv_names
 
 PROMPT_LENGTHS = (3, 9)
 
+# The fidelity floor of a reduced-precision graph: the least cosine similarity to transformers' fp32
+# output that each output of each graph must keep (fp32 graphs are held to max abs diff instead).
+FIDELITY_FLOORS = {"fp16": 0.999, "int8": 0.98, "int4": 0.95}
+
 
 @dataclass
 class GraphParity:
@@ -26,6 +30,8 @@ class GraphParity:
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # worst over all cases, per output
     cases: int = 0
     output_tolerances: dict[str, float] = field(default_factory=dict)
+    cosine: dict[str, float] = field(default_factory=dict)  # least over all cases, per output
+    floor: float | None = None  # set for reduced precision: cosine decides, not max abs diff
 
     def tolerance_of(self, output: str) -> float:
         return self.output_tolerances.get(output, self.tolerance)
@@ -36,13 +42,17 @@ class GraphParity:
 
     @property
     def failures(self) -> list[str]:
+        if self.floor is not None:
+            return [f"{self.graph}.{name}: cosine {cos:.5f} < floor {self.floor:g}"
+                    for name, cos in self.cosine.items() if not cos >= self.floor]
         return [f"{self.graph}.{name}: max abs diff {diff:.3g} > {self.tolerance_of(name):g}"
                 for name, diff in self.max_abs_diff.items() if not diff <= self.tolerance_of(name)]
 
     def to_dict(self) -> dict:
         return {"tolerance": self.tolerance, "output_tolerances": self.output_tolerances,
                 "max_abs_diff": self.worst, "per_output": self.max_abs_diff, "cases": self.cases,
-                "passed": not self.failures}
+                "min_cosine": min(self.cosine.values()) if self.cosine else None, "cosine": self.cosine,
+                "fidelity_floor": self.floor, "passed": not self.failures}
 
 
 def _mask(batch: int, lengths: list[int], total: int) -> np.ndarray:
@@ -138,12 +148,17 @@ def _decoder_reference(model, feeds):
     return outputs
 
 
-def check_graph(spec: GraphSpec, session, model, dims: ModelDims, tolerance: float | None = None) -> GraphParity:
-    """Run `session` and the reference on every sample case; keep the worst diff per output."""
-    if tolerance is None:
-        result = GraphParity(spec.name, spec.tolerance, output_tolerances=dict(spec.output_tolerances))
-    else:  # one tolerance for every output (quantized artifacts)
-        result = GraphParity(spec.name, tolerance)
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norm = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norm) if norm else float(np.array_equal(a, b))
+
+
+def check_graph(spec: GraphSpec, session, model, dims: ModelDims, precision: str = "fp32") -> GraphParity:
+    """Run `session` and the reference on every sample case; keep the worst diff (and the least
+    cosine similarity) per output. fp32 is judged by max abs diff, other precisions by their floor."""
+    result = GraphParity(spec.name, spec.tolerance, output_tolerances=dict(spec.output_tolerances),
+                         floor=FIDELITY_FLOORS.get(precision))
     for feeds in sample_cases(spec.name, dims):
         got = session.run(feeds)
         want = reference_outputs(spec.name, model, feeds)
@@ -153,6 +168,8 @@ def check_graph(spec: GraphSpec, session, model, dims: ModelDims, tolerance: flo
             else:
                 diff = float(np.max(np.abs(got[name].astype(np.float64) - want[name]))) if want[name].size else 0.0
             result.max_abs_diff[name] = max(result.max_abs_diff.get(name, 0.0), diff)
+            cos = cosine_similarity(got[name], want[name]) if got[name].shape == want[name].shape else -1.0
+            result.cosine[name] = min(result.cosine.get(name, 1.0), cos)
         result.cases += 1
     return result
 

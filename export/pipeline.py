@@ -39,20 +39,24 @@ def resolve_checkpoint(model: str | None, scratch: Path) -> Checkpoint:
     return load_checkpoint(model)
 
 
-def run_export(model: str | None, target: str, output: Path, overwrite: bool = False, **options) -> Manifest:
+def run_export(model: str | None, target: str, output: Path, overwrite: bool = False,
+               precision: str | None = None, **options) -> Manifest:
+    """Export `model` for `target` at `precision` (default: the target's first) into `output`.
+    `options` are target-specific (opset...) and reach the target's writer unchanged."""
     spec_target = TARGETS[target]
+    precision = precision or spec_target.precisions[0]
     check_destination(output, overwrite)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="florence2-edge-") as scratch:
         checkpoint = resolve_checkpoint(model, Path(scratch))
         dims = ModelDims.of(checkpoint.model)
-        manifest = build_manifest(checkpoint, dims, target, spec_target.precisions[0], source_record(checkpoint.source))
+        manifest = build_manifest(checkpoint, dims, target, precision, source_record(checkpoint.source))
         with staged_folder(output) as folder:
             results = []
             specs = graph_specs(dims)
             for index, spec in enumerate(specs, 1):
                 results.append(_export_graph(spec, spec_target, checkpoint.model, dims, folder, manifest,
-                                             f"[{index}/{len(specs)}]", options))
+                                             f"[{index}/{len(specs)}]", precision, options))
             raise_on_failures(results)
             manifest.files.update(write_tokenizer(checkpoint.processor, folder))
             manifest.write(folder)
@@ -61,13 +65,14 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
     return manifest
 
 
-def _export_graph(spec, target, model, dims, folder: Path, manifest: Manifest, step: str, options: dict):
+def _export_graph(spec, target, model, dims, folder: Path, manifest: Manifest, step: str, precision: str,
+                  options: dict):
     started = time.perf_counter()
     path = folder / f"{spec.name}{target.suffix}"
     example = sample_cases(spec.name, dims)[-1]  # the last case has every dynamic axis > 1
-    target.writer(spec, model, example, path, **options)
+    target.writer(spec, model, example, path, precision=precision, **options)
     session = open_session(target.name, path, device="cpu")
-    parity = check_graph(spec, session, model, dims)
+    parity = check_graph(spec, session, model, dims, precision=precision)
     record = file_record(path)
     manifest.graphs[spec.name] = {
         "file": path.name, **record,

@@ -17,6 +17,8 @@ from runtime.errors import Florence2Error
 # target -> (module, pip extra that installs its backend)
 BACKENDS = {
     "onnx": ("platforms.onnxruntime", "onnx"),
+    "openvino": ("platforms.openvino", "openvino"),
+    "coreml": ("platforms.coreml", "coreml"),
 }
 
 
@@ -36,6 +38,11 @@ def open_session(target: str, path: str | Path, device: str = "cpu", **options) 
     """Open one graph file of an artifact of `target` on `device`."""
     if target not in BACKENDS:
         raise BackendError(f"no runtime backend for target {target!r}; available: {', '.join(BACKENDS)}")
-    module_name, _extra = BACKENDS[target]
-    module = importlib.import_module(module_name)
+    module_name, extra = BACKENDS[target]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            raise BackendError(f"this florence2-edge has no {target} backend yet") from None
+        raise BackendError(f"the {target} backend needs {err.name}: pip install 'florence2-edge[{extra}]'") from None
     return module.open_session(Path(path), device=device, **options)
