@@ -125,15 +125,16 @@ def write_tokenizer(processor, folder: Path) -> dict:
     return {TOKENIZER_NAME: file_record(path)}
 
 
-def source_record(checkpoint_source: str) -> dict:
+def source_record(checkpoint) -> dict:
     import torch
     import transformers
 
     from . import __version__
 
     return {
-        "model": checkpoint_source,
-        "layout": "native",
+        "model": checkpoint.source,
+        "layout": "original" if checkpoint.mapping is not None else "native",
+        **({"key_mapping": checkpoint.mapping.summary()} if checkpoint.mapping is not None else {}),
         "exporter": f"florence2-edge {__version__}",
         "transformers": transformers.__version__,
         "torch": torch.__version__,

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime.cli import OneLineParser
+from runtime.cli import OneLineParser, _positive_int
 
 from .errors import ExportError, ParityError
 from .targets import PRECISIONS, TARGETS
@@ -16,7 +16,8 @@ from .targets import PRECISIONS, TARGETS
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m export", description="Export a Florence-2 checkpoint to split, validated graphs.")
-    parser.add_argument("--model", help="checkpoint folder (transformers-native layout) or hub id; "
+    parser.add_argument("--model", help="checkpoint folder or hub id, transformers-native or original Microsoft "
+                        "layout (detected; its code is never run); "
                         "default: the embedded tiny checkpoint (embedded:tiny; also embedded:base, embedded:large "
                         "for real shapes with random weights)")
     parser.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in PRECISIONS[1:]:
         precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
                                help=f"write {name} graphs (where the target can; default: the target's own, fp32 for onnx)")
+    parser.add_argument("--static", action="store_true",
+                        help="fixed shapes for NPUs: batch 1, padded prompt, fixed KV buffers (openvino, onnx)")
+    parser.add_argument("--prompt-bucket", type=_positive_int, help="--static: prompt tokens, padded (default 64)")
+    parser.add_argument("--max-decode", type=_positive_int, help="--static: KV buffer slots = most generated tokens (default 256)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
 
@@ -42,6 +47,11 @@ def _check_target(args) -> None:
     if args.precision is not None and args.precision not in target.precisions:
         reason = target.refused.get(args.precision, f"{args.target} writes {', '.join(target.precisions)}")
         raise ExportError(f"--{args.precision} is not available for --target {args.target}: {reason}")
+    if args.static and "static" not in target.options:
+        raise ExportError(f"--static is not available for --target {args.target}")
+    for flag, value in (("--prompt-bucket", args.prompt_bucket), ("--max-decode", args.max_decode)):
+        if value is not None and not args.static:
+            raise ExportError(f"{flag} applies to --static exports; add --static")
     if args.opset is not None and not 17 <= args.opset <= 23:
         raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")
 
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         output = args.output or default_output(args.model, args.target)
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
-                   opset=args.opset)
+                   opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode)
     except ParityError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 1

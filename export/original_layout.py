@@ -42,7 +42,8 @@ RENAME_RULES = (
     # A bare Parameter [dim_embed[-1], projection_dim] used as `x @ P`; nn.Linear keeps P.T.
     (r"image_projection", r"model.multi_modal_projector.image_projection.weight"),
     (r"image_proj_norm\.(weight|bias)", r"model.multi_modal_projector.image_proj_norm.\1"),
-    (r"image_pos_embed\.(row|column)_embeddings\.weight", r"model.multi_modal_projector.image_position_embed.\1_embeddings.weight"),
+    (r"image_pos_embed\.(row|column)_embeddings\.weight",
+     r"model.multi_modal_projector.image_position_embed.\1_embeddings.weight"),
     (r"visual_temporal_embed\.pos_idx_to_embed", r"model.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"),
     (r"language_model\.model\.(.+)", r"model.language_model.\1"),
 )
@@ -84,14 +85,14 @@ EMBEDDING_MULTIPLE = 64  # as transformers' conversion pads the resized embeddin
 class KeyMapping:
     """What happened to each original weight on its way to the native model."""
 
-    renamed: int = 0
+    renamed: dict[str, str] = field(default_factory=dict)  # original key -> native key
     transposed: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # original key -> why
     created: dict[str, str] = field(default_factory=dict)  # native key -> how
     cast: str | None = None  # e.g. "float16 -> float32"
 
     def summary(self) -> str:
-        parts = [f"{self.renamed} keys renamed"]
+        parts = [f"{len(self.renamed)} keys renamed"]
         parts += [f"{key} transposed" for key in self.transposed]
         parts += [f"dropped {key} ({why})" for key, why in self.dropped.items()]
         parts += [f"created {key} ({how})" for key, how in self.created.items()]
@@ -131,6 +132,7 @@ def load_original(folder: str | Path) -> Checkpoint:
     from transformers import Florence2ForConditionalGeneration
 
     folder = Path(folder)
+    check_original_folder(folder)
     raw = _read_json(folder / "config.json")
     tokenizer = build_tokenizer(folder)
     state, mapping = map_weights(read_weights(folder))
@@ -152,6 +154,16 @@ def load_original(folder: str | Path) -> Checkpoint:
                       source=str(folder.resolve()), mapping=mapping)
 
 
+def check_original_folder(folder: Path) -> None:
+    """Refuse, with one line and before any heavy work, a folder missing one of the files needed."""
+    needs = (("weights", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                          "pytorch_model.bin.index.json")),
+             ("tokenizer", ("tokenizer.json", "vocab.json")), ("image processor", ("preprocessor_config.json",)))
+    for kind, names in needs:
+        if not any((folder / name).is_file() for name in names):
+            raise ExportError(f"{folder} (original layout) has no {kind} file: expected one of {', '.join(names)}")
+
+
 def native_config(raw: dict, vocab_size: int, image_token_id: int):
     """The native `Florence2Config` for an original config.json (vision: DaViT keys renamed; text: BART)."""
     from transformers import BartConfig, Florence2Config, Florence2VisionConfig
@@ -167,8 +179,8 @@ def native_config(raw: dict, vocab_size: int, image_token_id: int):
         patch_size=list(vision["patch_size"]), patch_stride=list(vision["patch_stride"]),
         patch_padding=list(vision["patch_padding"]), patch_prenorm=list(vision["patch_prenorm"]),
         drop_path_rate=vision["drop_path_rate"],
-        max_temporal_embeddings=vision["visual_temporal_embedding"]["max_temporal_embeddings"],
-        max_position_embeddings=vision["image_pos_embed"]["max_pos_embeddings"],
+        max_temporal_embeddings=vision["visual_temporal_embedding"].get("max_temporal_embeddings", 100),
+        max_position_embeddings=vision["image_pos_embed"].get("max_pos_embeddings", 50),
     )
     return Florence2Config(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
                            image_token_id=image_token_id)
@@ -183,7 +195,8 @@ def _check_vision_variant(vision: dict) -> None:
     }
     for name, (want, got) in expected.items():
         if got != want:
-            raise ExportError(f"vision_config.{name} {got!r} is not supported: the transformers-native Florence-2 implements {want!r}")
+            raise ExportError(f"vision_config.{name} {got!r} is not supported: "
+                              f"the transformers-native Florence-2 implements {want!r}")
 
 
 def build_tokenizer(folder: Path):
@@ -245,7 +258,7 @@ def generation_config(folder: Path, text: dict, tokenizer):
         expected["forced_bos_token_id"] = tokenizer.bos_token_id
     if merged.get("forced_eos_token_id") is not None:
         expected["forced_eos_token_id"] = tokenizer.eos_token_id
-    wrong = {key: merged.get(key) for key, want in expected.items() if merged.get(key) != want}
+    wrong = {key: merged.get(key) for key, want in expected.items() if merged.get(key) not in (want, [want])}
     if wrong:
         found = ", ".join(f"{key} {value}" for key, value in wrong.items())
         fix = ", ".join(f'"{key}": {expected[key]}' for key in wrong)
@@ -304,14 +317,15 @@ def map_weights(original: dict) -> tuple[dict, KeyMapping]:
             tensor = tensor.t()
             mapping.transposed.append(key)
         state[native] = tensor.contiguous()
-        mapping.renamed += 1
+        mapping.renamed[key] = native
     _fold_tied(state, tied, mapping)
     return state, mapping
 
 
 def _drop_logits_bias(tensor, mapping: KeyMapping) -> None:
     if bool((tensor != 0).any()):
-        raise ExportError(f"{FINAL_LOGITS_BIAS} is not zero: the transformers-native Florence-2 has no logits bias to carry it")
+        raise ExportError(f"{FINAL_LOGITS_BIAS} is not zero: "
+                          "the transformers-native Florence-2 has no logits bias to carry it")
     mapping.dropped[FINAL_LOGITS_BIAS] = "all zeros, unused"
 
 
@@ -356,8 +370,8 @@ def _check_keys(state: dict, model, folder: Path) -> None:
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     needed = set(expected) - TIED - {"lm_head.weight"}
     missing, unexpected = sorted(needed - set(state)), sorted(set(state) - set(expected))
-    shapes = [f"{key} {tuple(state[key].shape)} (expected {expected[key]})" for key in sorted(set(state) & set(expected))
-              if tuple(state[key].shape) != expected[key]]
+    shapes = [f"{key} {tuple(state[key].shape)} (expected {expected[key]})"
+              for key in sorted(set(state) & set(expected)) if tuple(state[key].shape) != expected[key]]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
         if keys:

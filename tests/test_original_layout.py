@@ -199,18 +199,30 @@ def original_folder(tiny_checkpoint, tmp_path_factory):
     return write_original(tiny_checkpoint, tmp_path_factory.mktemp("original") / "Florence-2-tiny")
 
 
+def export_logged(folder, output):
+    capture, logger = Capture(), logging.getLogger("export")
+    logger.addHandler(capture)
+    try:
+        manifest = run_export(str(folder), "onnx", output)
+    finally:
+        logger.removeHandler(capture)
+    return manifest, capture.messages
+
+
+@pytest.fixture(scope="module")
+def original_export(original_folder, tmp_path_factory):
+    output = tmp_path_factory.mktemp("original-artifact") / "onnx"
+    manifest, warnings = export_logged(original_folder, output)
+    return output, manifest, warnings
+
+
 @pytest.fixture(scope="module")
 def finetune_export(tiny_checkpoint, tmp_path_factory):
     """A fine-tune whose generation_config contradicts its tokenizer, exported to ONNX."""
     root = tmp_path_factory.mktemp("finetune")
     folder = write_original(tiny_checkpoint, root / "Florence-2-tiny-ft", generation=MISMATCHED_IDS)
-    capture, logger = Capture(), logging.getLogger("export")
-    logger.addHandler(capture)
-    try:
-        manifest = run_export(str(folder), "onnx", root / "artifact")
-    finally:
-        logger.removeHandler(capture)
-    return folder, root / "artifact", manifest, capture.messages
+    manifest, warnings = export_logged(folder, root / "artifact")
+    return folder, root / "artifact", manifest, warnings
 
 
 def test_layout_is_detected_from_config(original_folder, tiny_checkpoint, tmp_path):
@@ -220,9 +232,10 @@ def test_layout_is_detected_from_config(original_folder, tiny_checkpoint, tmp_pa
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_export_generates_the_native_tokens(finetune_export, onnx_artifact, permutation, images, mode):
+def test_export_generates_the_native_tokens(original_export, onnx_artifact, permutation, images, mode):
     """Same model, original vocabulary order: ids equal through the token permutation, parses equal."""
-    _, artifact, _, _ = finetune_export
+    artifact, _, warnings = original_export
+    assert not warnings
     native, original = Florence2.load(onnx_artifact), Florence2.load(artifact)
     options = dict(MODES[mode], max_new_tokens=20)
     for image in images[:2]:
@@ -231,26 +244,39 @@ def test_export_generates_the_native_tokens(finetune_export, onnx_artifact, perm
             assert original.generate(image, task, text, **options) == [permutation[i] for i in want]
             assert original(image, task, text, **options) == native(image, task, text, **options)
     # Checkpoint defaults (3 beams, no-repeat 3-grams, forced BOS/EOS) carried over too.
-    want = native.generate(images[0], "<OD>", max_new_tokens=12)
-    assert original.generate(images[0], "<OD>", max_new_tokens=12) == [permutation[i] for i in want]
+    want = native.generate(images[2], "<OD>", max_new_tokens=12)
+    assert original.generate(images[2], "<OD>", max_new_tokens=12) == [permutation[i] for i in want]
 
 
-def test_mismatched_generation_ids_use_the_tokenizer(finetune_export, onnx_artifact, permutation):
-    folder, _, manifest, warnings = finetune_export
+def test_manifest_matches_the_native_one(original_export, onnx_artifact, permutation):
+    _, manifest, _ = original_export
+    native = json.loads((onnx_artifact / "manifest.json").read_text())
+    assert manifest.generation == native["generation"]
+    assert manifest.preprocessing == native["preprocessing"] and manifest.tasks == native["tasks"]
+    assert manifest.dims == native["dims"]
+    assert manifest.tokens == {k: permutation.get(v, v) if k in ("image", "first_loc") else v
+                               for k, v in native["tokens"].items()}
+
+
+def test_mismatched_generation_ids_use_the_tokenizer(finetune_export, onnx_artifact, permutation, images):
+    folder, artifact, manifest, warnings = finetune_export
     native = json.loads((onnx_artifact / "manifest.json").read_text())
     assert manifest.generation == native["generation"]
     assert (manifest.generation["bos_token_id"], manifest.generation["eos_token_id"],
             manifest.generation["pad_token_id"]) == (0, 2, 1)
-    assert {k: manifest.tokens[k] for k in ("bos", "eos", "pad", "decoder_start")} == {"bos": 0, "eos": 2, "pad": 1, "decoder_start": 2}
+    ids = {k: manifest.tokens[k] for k in ("bos", "eos", "pad", "decoder_start")}
+    assert ids == {"bos": 0, "eos": 2, "pad": 1, "decoder_start": 2}
     assert manifest.tokens["first_loc"] == permutation[native["tokens"]["first_loc"]]
     assert manifest.tokens["image"] == permutation[native["tokens"]["image"]]
     fixes = [m for m in warnings if "contradict the tokenizer" in m]
     assert len(fixes) == 1 and "eos_token_id 1" in fixes[0] and '"eos_token_id": 2' in fixes[0]
     assert str(folder) in fixes[0] and "generation_config.json" in fixes[0]
+    # The checkpoint defaults then generate as the native export does.
+    want = Florence2.load(onnx_artifact).generate(images[0], "<OD>", max_new_tokens=12)
+    assert Florence2.load(artifact).generate(images[0], "<OD>", max_new_tokens=12) == [permutation[i] for i in want]
 
 
-def test_remote_code_is_never_imported(finetune_export, original_folder):
-    load_checkpoint(str(original_folder))
+def test_remote_code_is_never_imported(original_export, finetune_export, original_folder):
     assert_no_remote_code(finetune_export[0])
     assert_no_remote_code(original_folder)
 
@@ -283,9 +309,11 @@ def test_bin_weights_load_with_weights_only(tiny_checkpoint, original_folder, tm
     monkeypatch.setattr(torch, "load", spy)
     from_bin = load_original(folder)
     assert calls and all(c.get("weights_only") is True and c.get("map_location") == "cpu" for c in calls)
-    want = load_original(original_folder).model.state_dict()
-    got = from_bin.model.state_dict()
+    from_safetensors = load_original(original_folder)
+    want, got = from_safetensors.model.state_dict(), from_bin.model.state_dict()
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    # tokenizer.json here, vocab.json + merges.txt there: the same rebuilt tokenizer
+    assert from_bin.processor.tokenizer.get_vocab() == from_safetensors.processor.tokenizer.get_vocab()
     assert "language_model.lm_head.weight" in from_bin.mapping.dropped
     assert_no_remote_code(folder)
 
@@ -294,7 +322,10 @@ def test_mapping_report(original_folder):
     mapping = load_original(original_folder).mapping
     assert mapping.transposed == ["image_projection"]
     assert "language_model.final_logits_bias" in mapping.dropped and not mapping.created
-    assert mapping.renamed > 0 and "renamed" in mapping.summary() and "\n" not in mapping.summary()
+    assert mapping.renamed["image_proj_norm.weight"] == "model.multi_modal_projector.image_proj_norm.weight"
+    assert mapping.renamed["vision_tower.blocks.2.1.spatial_block.conv1.fn.dw.weight"] == \
+        "model.vision_tower.blocks.2.1.spatial_block.conv1.weight"
+    assert f"{len(mapping.renamed)} keys renamed" in mapping.summary() and "\n" not in mapping.summary()
 
 
 def test_embedding_grows_to_cover_the_image_token(tiny_checkpoint, tmp_path):
@@ -329,5 +360,16 @@ def test_unexpected_key_is_one_line(tiny_checkpoint, tmp_path):
     state["vision_tower.head.weight"] = torch.zeros(10, 64)
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(ExportError, match=r"1 unexpected: vision_tower\.head\.weight$") as info:
+        load_checkpoint(str(folder))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_is_one_line(original_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-preprocessor"
+    shutil.copytree(original_folder, folder)
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(ExportError, match="has no image processor file") as info:
         load_checkpoint(str(folder))
     assert "\n" not in str(info.value)
