@@ -25,13 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     parser.add_argument("--opset", type=int, help="ONNX opset (onnx target; default 18)")
     precision = parser.add_mutually_exclusive_group()
-    for name in PRECISIONS[1:]:
+    for name in PRECISIONS:
         precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
-                               help=f"write {name} graphs (where the target can; default: the target's own, fp32 for onnx)")
+                               help=f"write {name} graphs (where the target can; default: the target's own, "
+                                    "fp32 for onnx and openvino, fp16 for coreml)")
     parser.add_argument("--static", action="store_true",
-                        help="fixed shapes for NPUs: batch 1, padded prompt, fixed KV buffers (openvino, onnx)")
+                        help="fixed shapes for NPUs: batch 1, padded prompt, fixed KV buffers (openvino, onnx; coreml always)")
     parser.add_argument("--prompt-bucket", type=_positive_int, help="--static: prompt tokens, padded (default 64)")
     parser.add_argument("--max-decode", type=_positive_int, help="--static: KV buffer slots = most generated tokens (default 256)")
+    parser.add_argument("--static-beams", type=_positive_int,
+                        help="--static: decoder rows = most beams (default: the checkpoint's num_beams)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
 
@@ -49,8 +52,9 @@ def _check_target(args) -> None:
         raise ExportError(f"--{args.precision} is not available for --target {args.target}: {reason}")
     if args.static and "static" not in target.options:
         raise ExportError(f"--static is not available for --target {args.target}")
-    for flag, value in (("--prompt-bucket", args.prompt_bucket), ("--max-decode", args.max_decode)):
-        if value is not None and not args.static:
+    for flag, value in (("--prompt-bucket", args.prompt_bucket), ("--max-decode", args.max_decode),
+                        ("--static-beams", args.static_beams)):
+        if value is not None and not (args.static or target.static):
             raise ExportError(f"{flag} applies to --static exports; add --static")
     if args.opset is not None and not 17 <= args.opset <= 23:
         raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         output = args.output or default_output(args.model, args.target)
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
-                   opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode)
+                   opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode,
+                   static_beams=args.static_beams)
     except ParityError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 1

@@ -114,15 +114,22 @@ class DecoderStep(nn.Module):
     def forward(self, input_ids, encoder_attention_mask, *cache):
         layers = self.decoder.layers
         past, cross = cache[: 2 * len(layers)], cache[2 * len(layers):]
-        past_length = past[0].shape[2]
-        positions = torch.arange(1, device=input_ids.device) + past_length
+        positions = torch.arange(1, device=input_ids.device) + past[0].shape[2]
+        return self._step(input_ids, positions, encoder_attention_mask, cross,
+                          lambda i, attn, hidden: self._self_attention(attn, hidden, past[2 * i], past[2 * i + 1]))
+
+    def _step(self, input_ids, positions, encoder_attention_mask, cross, attend):
+        """The decoder stack for one token at `positions` [1]. `attend(i, attn, hidden)` -> (out, key,
+        value) is layer i's self-attention over its cache: concatenated here, a fixed-size buffer in
+        the static graph (export/static_graphs.py); the keys/values it returns are the graph's outputs."""
         hidden = self.decoder.embed_tokens(input_ids) + self.decoder.embed_positions(input_ids, position_ids=positions)
         hidden = self.decoder.layernorm_embedding(hidden)
-        # Additive mask over encoder positions, [B, 1, 1, S].
-        bias = (1.0 - encoder_attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        # Additive mask over encoder positions, [B, 1, 1, S]. A select, not (1 - mask) * min: in fp16
+        # (CoreML, ONNX fp16) min becomes -inf and 0 * -inf is NaN on every unmasked position.
+        bias = torch.where(encoder_attention_mask[:, None, None, :] != 0, 0.0, torch.finfo(hidden.dtype).min)
         presents = []
-        for i, layer in enumerate(layers):
-            attn_out, key, value = self._self_attention(layer.self_attn, hidden, past[2 * i], past[2 * i + 1])
+        for i, layer in enumerate(self.decoder.layers):
+            attn_out, key, value = attend(i, layer.self_attn, hidden)
             presents += [key, value]
             hidden = layer.self_attn_layer_norm(hidden + attn_out)
             cross_out = self._cross_attention(layer.encoder_attn, hidden, cross[2 * i], cross[2 * i + 1], bias)
@@ -159,6 +166,10 @@ class GraphSpec:
     outputs: dict[str, dict[int, str]]
     tolerance: float  # fp32 max abs diff accepted by the parity gate, per output
     output_tolerances: dict[str, float] = field(default_factory=dict)  # per-output exceptions
+    # Where the parity gate's inputs and reference come from when not export/parity.py's tables by
+    # name: (dims, seed) -> cases, and (model, feeds) -> outputs (the static graphs set both).
+    cases: Callable | None = None
+    reference: Callable | None = None
 
     def tolerance_of(self, output: str) -> float:
         return self.output_tolerances.get(output, self.tolerance)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .graphs import GraphSpec
+from .onnx_rewrites import rewrite_file
 
 DEFAULT_OPSET = 18
 log = logging.getLogger("export")
@@ -62,4 +63,5 @@ def write_onnx(spec: GraphSpec, model, example: dict[str, np.ndarray], path: Pat
             dynamo=True, external_data=False, verbose=False,
         )
     _name_dims(path, spec)
+    rewrite_file(path)  # exact rewrites that let onnxruntime fuse GELU at load (export/onnx_rewrites.py)
     return path

@@ -3,7 +3,9 @@ backend the parity gate runs. OpenVINO and CoreML join it in their own modules."
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 
@@ -18,6 +20,12 @@ class Target:
     options: tuple[str, ...]  # target-specific CLI options it accepts
     description: str
     refused: dict[str, str] = field(default_factory=dict)  # precision -> why this target cannot write it
+    weights_suffix: str | None = None  # a second file per graph (OpenVINO's .bin), recorded as "weights"
+    gate_session: dict = field(default_factory=dict)  # open_session options for the parity gate
+    static: bool = False  # every graph fixed-shape (export/static_graphs.py), --static or not
+    # For a backend that cannot run here (CoreML needs macOS): (spec, model, dims, written, precision)
+    # -> GraphParity, given what the writer returned; the gate then runs no session.
+    verify: Callable | None = None
 
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -26,11 +34,51 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 def _onnx_writer(spec, model, example, path, precision="fp32", opset=None, **_):
     from .onnx_writer import DEFAULT_OPSET, write_onnx
 
-    return write_onnx(spec, model, example, path, opset=opset or DEFAULT_OPSET)
+    if precision == "fp32":
+        return write_onnx(spec, model, example, path, opset=opset or DEFAULT_OPSET)
+    from quantize.onnx import quantize_onnx
+
+    # The precision pass reads an fp32 graph: export one to a scratch file, quantize it into `path`.
+    with tempfile.TemporaryDirectory(prefix="florence2-fp32-") as scratch:
+        fp32 = write_onnx(spec, model, example, Path(scratch) / Path(path).name, opset=opset or DEFAULT_OPSET)
+        table = tuple(model.get_input_embeddings().weight.shape)  # the tied word embedding, [V, d]
+        return quantize_onnx(fp32, Path(path), precision, spec.name, table_shape=table)
+
+
+def _openvino_writer(spec, model, example, path, precision="fp32", **_):
+    from .openvino_writer import write_openvino
+
+    return write_openvino(spec, model, example, path, precision=precision)
+
+
+def _coreml_writer(spec, model, example, path, precision="fp16", **_):
+    from .coreml_writer import write_coreml
+
+    return write_coreml(spec, model, example, path, precision=precision)
+
+
+def _coreml_verify(spec, model, dims, written, precision="fp16"):
+    from .coreml_check import verify
+
+    return verify(spec, model, dims, written, precision)
+
+
+COREML_INT4_REFUSAL = ("CoreML int4 weights (constexpr_blockwise_shift_scale) need the iOS 18 / macOS 15 opset; "
+                       "this target is macOS 14 / iOS 17 (use --int8)")
 
 
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", ".onnx", _onnx_writer, ("fp32",), ("opset",),
-                   "ONNX graphs for onnxruntime (CPU, and GPU/NPU execution providers)",
-                   refused={p: "quantized ONNX export is not implemented yet" for p in ("fp16", "int8", "int4")}),
+    "onnx": Target("onnx", ".onnx", _onnx_writer, ("fp32", "fp16", "int8", "int4"), ("opset", "static"),
+                   "ONNX graphs for onnxruntime (CPU, and GPU/NPU execution providers)"),
+    # fp16: fp16 weights, upcast at load; int8/int4: NNCF weight compression (quantize/openvino.py).
+    # The gate compiles from the staging folder: no compile cache for blobs nobody will load again.
+    "openvino": Target("openvino", ".xml", _openvino_writer, ("fp32", "fp16", "int8", "int4"), ("static",),
+                       "OpenVINO IR for CPU, GPU and NPU (--static for the NPU)",
+                       weights_suffix=".bin", gate_session={"cache_dir": None}),
+    # ML Programs for macOS 14 / iOS 17, always fixed-shape (the Neural Engine compiles nothing else).
+    # fp16 compute by default; int8: int8 weights on fp16 compute (quantize/coreml.py). Prediction
+    # needs macOS: the gate checks the converted torch module and reads the program back instead.
+    "coreml": Target("coreml", ".mlpackage", _coreml_writer, ("fp16", "fp32", "int8"), ("static",),
+                     "CoreML ML Programs for Apple silicon: CPU, GPU and Neural Engine (macOS 14 / iOS 17)",
+                     refused={"int4": COREML_INT4_REFUSAL}, static=True, verify=_coreml_verify),
 }

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-beams", type=_positive_int, help="beam count (default: the artifact's own)")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="token limit (default: the artifact's own)")
     parser.add_argument("--ids", action="store_true", help="also print the generated token ids of each image")
-    parser.add_argument("--device", default="cpu", help="cpu, gpu, npu or auto (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, gpu, npu or auto; ane or all for coreml artifacts (default: cpu)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per batch (default: 1)")
     parser.add_argument("--annotate", type=Path, metavar="OUT_DIR",
                         help="also write each image with its answer drawn on it, as OUT_DIR/<stem>.png")

@@ -13,8 +13,13 @@ carries everything the runtime needs, so it never looks at the source checkpoint
     preprocessing    the image processor's settings (size, resample, rescale, mean, std, ...)
     tasks            {token: {"prompt": ..., "parse_type": ...}};  post_processing  parse settings
     graphs           {name: {"file", "sha256", "bytes", "inputs": {name: {"dtype", "shape"}},
-                     "outputs": {...}, "parity": {...}}}
+                     "outputs": {...}, "parity": {...}}}, plus "weights": {"file", "sha256", "bytes"}
+                     where the graph keeps its weights in a second file (OpenVINO's .bin); a folder
+                     graph (CoreML's .mlpackage) has "files": {relative path: {"sha256", "bytes"}}
+                     instead of "sha256", and "bytes" is their total
     files            {"tokenizer.json": {"sha256", "bytes"}}
+    static           null, or the fixed shapes of a static-shape artifact (export/static_graphs.py):
+                     {"batch", "beams", "prompt_bucket", "max_decode"}
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Manifest:
     graphs: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    static: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -67,8 +73,19 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# A .mlpackage's own index: coremltools rewrites it whenever it opens the package (even to read
+# it), so it is not hashed; the model spec and weights it indexes are.
+_REWRITTEN_ON_OPEN = {"Manifest.json"}
+
+
 def file_record(path: str | Path) -> dict:
+    """{"sha256", "bytes"} of a file; of a folder graph (a CoreML .mlpackage), {"bytes": total,
+    "files": {relative path: {"sha256", "bytes"}}} over every file in it but its index."""
     path = Path(path)
+    if path.is_dir():
+        files = {p.relative_to(path).as_posix(): file_record(p) for p in sorted(path.rglob("*"))
+                 if p.is_file() and p.relative_to(path).as_posix() not in _REWRITTEN_ON_OPEN}
+        return {"bytes": sum(r["bytes"] for r in files.values()), "files": files}
     return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
 
 
@@ -106,7 +123,14 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
 
 def verify_files(folder: Path, manifest: Manifest) -> None:
     records = {g["file"]: g for g in manifest.graphs.values()}
+    records.update({g["weights"]["file"]: g["weights"] for g in manifest.graphs.values() if "weights" in g})
     records.update(manifest.files)
+    for name, record in list(records.items()):
+        if "files" in record:  # a folder graph: each file in it is checked like a graph file
+            if not (folder / name).is_dir():
+                raise ArtifactError(f"artifact {folder} is missing {name}")
+            del records[name]
+            records.update({f"{name}/{inner}": r for inner, r in record["files"].items()})
     for name, record in records.items():
         path = folder / name
         if not path.is_file():

@@ -10,11 +10,14 @@ to the checkpoint's generation config and are overridden per call (num_beams=...
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .errors import ArtifactError
 from .generation import GenerationOptions
 from .images import load_image
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
@@ -22,6 +25,7 @@ from .postprocess import parse
 from .preprocess import Preprocessor
 from .prompts import build_prompt
 from .search import decode
+from .static_step import generate_static, static_defaults
 from .step import DecoderStep
 from .tasks import Task
 from .tokenizer import PromptTokenizer
@@ -44,23 +48,36 @@ class Result:
 
 
 class Florence2:
+    _stages: dict | None = None  # set inside profile(): stage name -> seconds, summed over calls
+
     def __init__(self, manifest: Manifest, folder: Path, sessions: dict, tokenizer: PromptTokenizer):
         self.manifest, self.folder, self.sessions, self.tokenizer = manifest, folder, sessions, tokenizer
         self.preprocessor = Preprocessor.from_config(manifest.preprocessing)
         self.tasks = {token: Task(token, t["prompt"], t["parse_type"]) for token, t in manifest.tasks.items()}
         self.defaults = default_options(manifest)
+        if manifest.static:
+            self.defaults = static_defaults(self.defaults, manifest.static)
         self.device = sessions["decoder"].device
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", verify: bool = True) -> "Florence2":
-        """Open an artifact folder. `verify` checks every file's sha256 first (a few seconds for large models)."""
+    def load(cls, path: str | Path, device: str = "cpu", verify: bool = True,
+             inference_precision: str | None = None) -> "Florence2":
+        """Open an artifact folder. `verify` checks every file's sha256 first (a few seconds for large models).
+        `inference_precision` ("f32" default, "bf16", "f16") is the compute precision of an openvino artifact."""
         from platforms import open_session
 
         folder = Path(path)
         manifest = read_manifest(folder, verify=verify)
+        if device == "npu" and not manifest.static:
+            raise ArtifactError(f"device 'npu' needs a static-shape artifact (python -m export ... --static); {folder} has dynamic shapes")
+        options = {}
+        if inference_precision is not None:
+            if manifest.target != "openvino":
+                raise ArtifactError(f"inference_precision applies to openvino artifacts; {folder} is {manifest.target}")
+            options["inference_precision"] = inference_precision
         tokens = manifest.tokens
         tokenizer = PromptTokenizer(folder / TOKENIZER_NAME, tokens["bos"], tokens["eos"], tokens["pad"])
-        sessions = {name: open_session(manifest.target, manifest.graph_path(folder, name), device=device)
+        sessions = {name: open_session(manifest.target, manifest.graph_path(folder, name), device=device, **options)
                     for name in manifest.graphs}
         return cls(manifest, folder, sessions, tokenizer)
 
@@ -86,6 +103,27 @@ class Florence2:
             results.append(Result(row, decoded, answer))
         return results
 
+    @contextlib.contextmanager
+    def profile(self):
+        """Times the stages of every call made inside the block, summed, in seconds:
+
+            with model.profile() as stages:
+                model.generate(image, "<OD>")
+            stages  -> {"preprocess": ..., "vision": ..., "encoder": ..., "decode": ...}
+
+        Outside the block the only cost is a perf_counter() per stage."""
+        self._stages = stages = {}
+        try:
+            yield stages
+        finally:
+            self._stages = None
+
+    def _lap(self, stage: str, began: float) -> float:
+        now = time.perf_counter()
+        if self._stages is not None:
+            self._stages[stage] = self._stages.get(stage, 0.0) + now - began
+        return now
+
     def _request(self, image, task, text) -> Request:
         images = [load_image(i) for i in (image if isinstance(image, list) else [image])]
         count = len(images)
@@ -95,22 +133,32 @@ class Florence2:
         return Request(images, tasks, prompts)
 
     def _generate(self, request: Request, options: GenerationOptions) -> np.ndarray:
+        if self.manifest.static:  # fixed shapes: image by image, prompt padded, KV buffers
+            return generate_static(self, request, options)
         cross, mask = self.encode(request)
         dims = self.manifest.dims
         step = DecoderStep(self.sessions["decoder"], cross, mask, dims["decoder_layers"], dims["decoder_heads"],
                            dims["head_dim"])
-        return decode(step, len(request.images), options)
+        began = time.perf_counter()
+        ids = decode(step, len(request.images), options)
+        self._lap("decode", began)
+        return ids
 
     def encode(self, request: Request) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Vision tower, prompt embedding and encoder: the cross-attention K/V of every decoder layer
         and the encoder mask, computed once per batch."""
+        began = time.perf_counter()
         pixels = self.preprocessor(request.images)
+        began = self._lap("preprocess", began)
         features = self.sessions["vision_encoder"].run({"pixel_values": pixels})["image_features"]
-        ids, prompt_mask = self.tokenizer.encode_batch(request.prompts)
+        began = self._lap("vision", began)
+        width = self.manifest.static["prompt_bucket"] if self.manifest.static else None
+        ids, prompt_mask = self.tokenizer.encode_batch(request.prompts, width=width)
         embeds = self.sessions["embed_tokens"].run({"input_ids": ids})["inputs_embeds"]
         inputs = np.concatenate([features, embeds], axis=1)
         mask = np.concatenate([np.ones(features.shape[:2], dtype=np.int64), prompt_mask], axis=1)
         out = self.sessions["encoder"].run({"inputs_embeds": inputs, "attention_mask": mask})
+        self._lap("encoder", began)
         return {name: value for name, value in out.items() if name.startswith("cross.")}, mask
 
 

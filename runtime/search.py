@@ -25,6 +25,7 @@ from .logits import ProcessorChain, build_processors
 # transformers' "never pick this" offset for beam scores (a finite -1e9, not -inf).
 _BIG_NEG = np.float32(-1.0e9)
 _PROMPT_LEN = 1  # the decoder prompt is the decoder start token alone
+_SMALL_TOPK = 256  # rows up to this wide are fully sorted by topk()
 
 
 class StepModel(Protocol):
@@ -49,8 +50,8 @@ def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Largest k per row of x [R, n], as (values, indices) [R, k], largest first, ties in index order."""
     x = np.ascontiguousarray(x)
     rows, n = x.shape
-    if k >= n:
-        idx = np.argsort(-x, axis=-1, kind="stable")
+    if k >= n or n <= _SMALL_TOPK:  # a full stable sort: cheaper than the candidate search on few scores
+        idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
         return x[np.arange(rows)[:, None], idx], idx
     # The k-th largest of a strided sample bounds the k-th largest of x from below and, on real
     # scores, leaves ~k * stride candidates, so a beam step need not partition all num_beams * V

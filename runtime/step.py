@@ -14,22 +14,46 @@ class DecoderStep:
     def __init__(self, session, cross: dict[str, np.ndarray], encoder_mask: np.ndarray, layers: int,
                  heads: int, head_dim: int):
         self._session = session
-        self._static = {"encoder_attention_mask": encoder_mask, **cross}
+        # One feeds dict for every step: the static entries stay, input ids and past K/V are replaced.
+        self._feeds = {"encoder_attention_mask": encoder_mask, **cross}
         self._past_names = [f"past.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
         self._present_names = [name.replace("past.", "present.", 1) for name in self._past_names]
         self._outputs = ["logits", *self._present_names]
         self._heads, self._head_dim = heads, head_dim
         self._past: list[np.ndarray] | None = None
+        # reorder() writes into these flat buffers (grown by doubling) instead of fresh arrays per step.
+        self._spare: list[np.ndarray] = []
+        self._past_is_spare = False
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
         if self._past is None:  # first step: an empty cache with one row per beam
             empty = np.zeros((input_ids.shape[0], self._heads, 0, self._head_dim), dtype=np.float32)
             self._past = [empty] * len(self._past_names)
-        feeds = {"input_ids": input_ids, **self._static, **dict(zip(self._past_names, self._past))}
+        feeds = self._feeds
+        feeds["input_ids"] = input_ids
+        feeds.update(zip(self._past_names, self._past))
         out = self._session.run(feeds, self._outputs)
         self._past = [out[name] for name in self._present_names]
+        self._past_is_spare = False
         return out["logits"][:, -1, :]
 
     def reorder(self, beam_idx: np.ndarray) -> None:
         # Only the self-attention cache follows the beams; cross K/V are per batch item.
-        self._past = [np.take(past, beam_idx, axis=0) for past in self._past]
+        if np.array_equal(beam_idx, np.arange(len(beam_idx))):  # every beam kept its own row
+            return
+        if self._past_is_spare:  # two reorders without a step between: the source is the spare itself
+            self._past = [np.take(past, beam_idx, axis=0) for past in self._past]
+            self._past_is_spare = False
+            return
+        # What the spare buffers held (the previous past) was consumed by the step that just ran.
+        self._past = [np.take(past, beam_idx, axis=0, out=self._spare_like(i, past), mode="clip")
+                      for i, past in enumerate(self._past)]
+        self._past_is_spare = True
+
+    def _spare_like(self, index: int, like: np.ndarray) -> np.ndarray:
+        """A C-contiguous array shaped like `like`, on spare buffer `index`."""
+        if index == len(self._spare):
+            self._spare.append(np.empty(0, dtype=like.dtype))
+        if self._spare[index].size < like.size or self._spare[index].dtype != like.dtype:
+            self._spare[index] = np.empty(max(like.size, 2 * self._spare[index].size), dtype=like.dtype)
+        return self._spare[index][:like.size].reshape(like.shape)

@@ -31,10 +31,11 @@ class PromptTokenizer:
     def encode(self, prompt: str) -> list[int]:
         return [self.bos, *self._tokenizer.encode(prompt, add_special_tokens=False).ids, self.eos]
 
-    def encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Right-padded ids and their mask, int64 [B, T], as the processor pads a batch."""
+    def encode_batch(self, prompts: list[str], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ids and their mask, int64 [B, T], as the processor pads a batch; T is the
+        longest prompt, or `width` (a static artifact's prompt bucket, never shorter than the prompts)."""
         encoded = [self.encode(p) for p in prompts]
-        width = max(len(ids) for ids in encoded)
+        width = max([len(ids) for ids in encoded] + [width or 0])
         ids = np.full((len(encoded), width), self.pad, dtype=np.int64)
         mask = np.zeros((len(encoded), width), dtype=np.int64)
         for row, tokens in enumerate(encoded):

@@ -254,6 +254,8 @@ def test_manifest_matches_the_native_one(original_export, onnx_artifact, permuta
     assert manifest.generation == native["generation"]
     assert manifest.preprocessing == native["preprocessing"] and manifest.tasks == native["tasks"]
     assert manifest.dims == native["dims"]
+    assert native["source"]["layout"] == "native"
+    assert manifest.source["layout"] == "original" and "keys renamed" in manifest.source["key_mapping"]
     assert manifest.tokens == {k: permutation.get(v, v) if k in ("image", "first_loc") else v
                                for k, v in native["tokens"].items()}
 

@@ -1,0 +1,129 @@
+"""OpenVINO backend: one compiled IR graph per Session, on cpu, gpu, npu or auto.
+
+- Precision: f32 inference unless asked otherwise. OpenVINO's CPU plugin otherwise computes in bf16
+  on CPUs with AMX/avx512_bf16 (0.08 max abs diff on the vision tower, enough to change tokens) and
+  the GPU plugin in f16. `inference_precision="bf16"` or `"f16"` opts in, where the device can.
+  The NPU computes in f16 whatever the hint: it gets none.
+- Compile cache: compiled graphs are kept in `cache_dir` (default: $FLORENCE2_EDGE_CACHE, else
+  $XDG_CACHE_HOME/florence2-edge/openvino, else ~/.cache/florence2-edge/openvino; None disables),
+  so a second load imports the compiled blob instead of compiling. OpenVINO keys a blob by the
+  graph's path and the compile options and checks it against the file, so an artifact exported
+  again in place is recompiled, not served stale.
+- Devices: a device that is not present is an error naming the ones that are, never a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from platforms import BackendError
+
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
+# Our precision names -> OpenVINO's, and the OPTIMIZATION_CAPABILITIES entry a device must list.
+PRECISIONS = {"f32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "f16": ("f16", "FP16")}
+_ALIASES = {"fp32": "f32", "fp16": "f16"}
+DEFAULT = object()  # cache_dir: the user cache folder
+
+_core = None
+
+
+def _import():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendError("the openvino target needs openvino: pip install 'florence2-edge[openvino]'") from None
+    return openvino
+
+
+def core():
+    """One `ov.Core` per process: it loads the device plugins once for every graph."""
+    global _core
+    if _core is None:
+        _core = _import().Core()
+    return _core
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("FLORENCE2_EDGE_CACHE"):
+        return Path(os.environ["FLORENCE2_EDGE_CACHE"]) / "openvino"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "florence2-edge" / "openvino"
+
+
+def check_device(device: str) -> str:
+    """The OpenVINO device name for one of ours; BackendError if unknown or not present here."""
+    if device not in DEVICES:
+        raise BackendError(f"unknown device {device!r} for openvino; expected one of {', '.join(DEVICES)}")
+    name = DEVICES[device]
+    present = core().available_devices  # e.g. ["CPU", "GPU.0", "GPU.1", "NPU"]
+    if name != "AUTO" and not any(d == name or d.startswith(name + ".") for d in present):
+        raise BackendError(f"device {device!r} is not available to OpenVINO on this machine; present: {', '.join(present)}")
+    return name
+
+
+def compile_config(name: str, inference_precision: str | None, cache_dir, threads: int | None) -> dict:
+    """The compile options for device `name`; BackendError for a precision the device cannot run."""
+    config = {}
+    if cache_dir is DEFAULT:
+        cache_dir = default_cache_dir()
+    if cache_dir:
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
+        except OSError as err:  # a read-only home: slower loads, not a failure
+            warnings.warn(f"no OpenVINO compile cache ({err}); every load compiles", stacklevel=3)
+    precision = _ALIASES.get(inference_precision, inference_precision or "f32")
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown inference_precision {inference_precision!r}; expected one of {', '.join(PRECISIONS)}")
+    hint, capability = PRECISIONS[precision]
+    if name == "NPU":
+        if inference_precision is not None and precision != "f16":
+            raise BackendError(f"the NPU computes in f16; inference_precision {inference_precision!r} is not available there")
+    elif name == "AUTO":
+        config["INFERENCE_PRECISION_HINT"] = hint  # passed on to the device AUTO picks
+    else:
+        capabilities = core().get_property(name, "OPTIMIZATION_CAPABILITIES")
+        if capability not in capabilities:
+            raise BackendError(f"{name} cannot compute in {precision} here (it supports {', '.join(capabilities)})")
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class OpenVINOSession:
+    def __init__(self, path: Path, device: str = "cpu", inference_precision: str | None = None,
+                 cache_dir=DEFAULT, threads: int | None = None):
+        name = check_device(device)
+        config = compile_config(name, inference_precision, cache_dir, threads)
+        # From the path, not a read ov.Model: with a cache, a second load skips reading the IR.
+        self._compiled = core().compile_model(str(path), name, config)
+        self._request = self._compiled.create_infer_request()
+        self.path = path
+        self.input_names = [port.get_any_name() for port in self._compiled.inputs]
+        self.output_names = [port.get_any_name() for port in self._compiled.outputs]
+        self._fixed = {port.get_any_name(): tuple(port.get_partial_shape().to_shape())
+                       for port in self._compiled.inputs if port.get_partial_shape().is_static}
+        in_use = [d.split(".")[0].lower() for d in self._compiled.get_property("EXECUTION_DEVICES")]
+        self.device = in_use[0] if len(set(in_use)) == 1 else ",".join(in_use)
+        if device not in ("cpu", "auto") and "cpu" in in_use:
+            warnings.warn(f"{path.name}: asked for {device} but OpenVINO runs it on {self.device}", stacklevel=2)
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        for name, shape in self._fixed.items():
+            if name in feeds and feeds[name].shape != shape:
+                raise BackendError(f"{self.path.name}: expected shape {shape}, got {feeds[name].shape} for input {name}")
+        # share_inputs: OpenVINO reads the caller's arrays in place (the static decoder's KV buffers
+        # are megabytes per step); outputs are copied, since the next run overwrites its own.
+        result = self._request.infer(feeds, share_inputs=True)
+        names = outputs or self.output_names
+        by_name = {port.get_any_name(): value for port, value in result.items()}
+        return {name: by_name[name] for name in names}
+
+
+def open_session(path: Path, device: str = "cpu", **options) -> OpenVINOSession:
+    return OpenVINOSession(path, device=device, **options)
