@@ -20,18 +20,20 @@ PROMPT_LENGTHS = (3, 9)
 
 # The fidelity floor of a reduced-precision graph: the least cosine similarity to transformers' fp32
 # output that each output of each graph must keep on the gate's inputs (fp32 graphs are held to max
-# abs diff instead). Set from measurement (quantize/onnx.py's policy, on embedded:tiny and
-# embedded:base): each floor sits below the worst cosine measured with room for other checkpoints,
-# and far above what a broken pass gives (a zeroed or mis-scaled weight: < 0.9, usually ~0).
-#   measured worst (tiny / base)  vision_encoder   embed_tokens    encoder         decoder (logits)
-#   fp16                          TBD
-#   int8                          TBD
-#   int4                          TBD
-# "*" covers graphs not named (another target's or variant's graphs).
+# abs diff instead). Set from measurement: the worst output of each graph with the ONNX policy of
+# quantize/onnx.py (2026-11-23, onnxruntime 1.32), embedded:tiny / embedded:base (random weights):
+#          vision_encoder     embed_tokens       encoder            decoder (logits)
+#   fp16   1.00000/1.00000    1.00000/1.00000    1.00000/1.00000    1.00000/1.00000
+#   int8   0.99996/0.99974    0.99998/0.99997    0.99994/0.99978    0.99936/0.99939
+#   int4   0.99996/0.99974    0.99650/0.99654    0.99993/0.99500    0.96239/0.97915   (vision int8)
+# Each floor leaves room below that for real checkpoints and for other targets' passes held to the
+# same floors (OpenVINO's NNCF int4 also compresses the vision tower: int4 there measured 0.99084 at
+# base), and sits far above what a broken pass gives (a zeroed word embedding: 0, see the tests).
+# "*" covers graphs not named (another variant's graphs).
 FIDELITY_FLOORS: dict[str, dict[str, float]] = {
     "fp16": {"*": 0.999},
-    "int8": {"*": 0.98},
-    "int4": {"*": 0.90},
+    "int8": {"vision_encoder": 0.995, "embed_tokens": 0.999, "encoder": 0.995, "decoder": 0.99, "*": 0.98},
+    "int4": {"vision_encoder": 0.97, "embed_tokens": 0.99, "encoder": 0.97, "decoder": 0.90, "*": 0.90},
 }
 
 
