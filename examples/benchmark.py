@@ -40,19 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bench_image(seed: int = 0, size: tuple[int, int] = (640, 480)):
-    """Noise plus a few filled rectangles: the same pixels in every process."""
-    import numpy as np
-    from PIL import Image, ImageDraw
+    """The same pixels in every process."""
+    from export.embedded import sample_image
 
-    rng = np.random.default_rng(seed)
-    width, height = size
-    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):
-        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-        x1, y1 = x0 + int(rng.integers(5, width // 2)), y0 + int(rng.integers(5, height // 2))
-        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    return image
+    return sample_image(seed, size)
 
 
 def _peak_rss_mb() -> float:

@@ -162,3 +162,20 @@ def _spread_logits(model, seed: int, decoder_scale: float, embedding_std: float)
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * scale)
         shared = model.get_input_embeddings().weight  # tied to lm_head
         shared.copy_(torch.randn(shared.shape, generator=generator) * embedding_std)
+
+
+def sample_image(seed: int, size: tuple[int, int] = (640, 480)):
+    """A deterministic test picture (noise plus filled rectangles), for tests, the benchmark and the
+    fidelity report: different enough per seed to steer a random model differently."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        x1, y1 = x0 + int(rng.integers(5, width // 2)), y0 + int(rng.integers(5, height // 2))
+        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return image

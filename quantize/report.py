@@ -67,19 +67,10 @@ def load_pair(reference: Path, candidate: Path):
 
 def generated_images(count: int = 3) -> list:
     """Noise plus a few rectangles, in a few sizes: different enough to steer a model differently."""
-    from PIL import Image, ImageDraw
+    from export.embedded import sample_image
 
-    images = []
-    for seed, (width, height) in zip(range(count), [(640, 480), (300, 500), (768, 768), (1024, 683)] * count):
-        rng = np.random.default_rng(seed)
-        image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-        draw = ImageDraw.Draw(image)
-        for _ in range(4):
-            x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-            x1, y1 = x0 + int(rng.integers(5, width // 2)), y0 + int(rng.integers(5, height // 2))
-            draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        images.append(image)
-    return images
+    sizes = [(640, 480), (300, 500), (768, 768), (1024, 683)] * count
+    return [sample_image(seed, size) for seed, size in zip(range(count), sizes)]
 
 
 # ----------------------------------------------------------------------------------------- inputs

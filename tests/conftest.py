@@ -3,9 +3,8 @@ at test time) and its fp32 ONNX artifact, built once per test session."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
@@ -39,16 +38,9 @@ def hf_processor(tiny_checkpoint):
 
 
 def make_image(seed: int, size: tuple[int, int]) -> Image.Image:
-    """Noise plus a few shapes: different enough per seed to steer a random model differently."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):
-        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-        x1, y1 = x0 + int(rng.integers(5, width // 2)), y0 + int(rng.integers(5, height // 2))
-        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    return image
+    from export.embedded import sample_image
+
+    return sample_image(seed, size)
 
 
 @pytest.fixture(scope="session")
