@@ -25,7 +25,7 @@ PROMPT_LENGTHS = (3, 9)
 #          vision_encoder     embed_tokens       encoder            decoder (logits)
 #   fp16   1.00000/1.00000    1.00000/1.00000    1.00000/1.00000    1.00000/1.00000
 #   int8   0.99996/0.99974    0.99998/0.99997    0.99994/0.99978    0.99936/0.99939
-#   int4   0.99996/0.99974    0.99650/0.99654    0.99993/0.99500    0.96239/0.97915   (vision int8)
+#   int4   0.99996/0.99974    0.99650/0.99654    0.99994/0.99978    0.96239/0.97915   (vision, encoder int8)
 # Each floor leaves room below that for real checkpoints and for other targets' passes held to the
 # same floors (OpenVINO's NNCF int4 also compresses the vision tower: int4 there measured 0.99084 at
 # base), and sits far above what a broken pass gives (a zeroed word embedding: 0, see the tests).

@@ -26,8 +26,6 @@ import onnx
 
 from . import tied
 
-log = logging.getLogger("export")
-
 # Block size: 32 values share a scale and a zero point (4 + 1.1 bits per weight). Measured on the
 # base-shape decoder (all int4): cosine of logits 0.957 at 32, 0.947 at 64, 0.943 at 128; the decoder
 # is memory-bound and 32 costs 0.9 bit per weight more than 128: fidelity is the scarcer of the two.
@@ -47,7 +45,7 @@ class GraphPolicy:
 
 
 _VISION_STEM = ("model.vision_tower.convs.0", "model.vision_tower.blocks.0")  # patch embedding + stage 0
-_ATTENTION = ("encoder.layers.*.self_attn", "cross_attn", "decoder.layers.*.self_attn", "decoder.layers.*.encoder_attn")
+_ATTENTION = ("decoder.layers.*.self_attn", "decoder.layers.*.encoder_attn")
 
 # Which pass each graph gets. Measured on embedded:base (random weights), each graph quantized alone,
 # least cosine to fp32 over its outputs on the parity gate's inputs (decoder: its logits), and file size:
@@ -61,11 +59,17 @@ _ATTENTION = ("encoder.layers.*.self_attn", "cross_attn", "decoder.layers.*.self
 # and whole artifacts with python -m quantize.report (3 generated images x 3 tasks, 20 new tokens):
 #   int4 everywhere in the language model: first-step top-1 0.33, greedy tokens identical 0.51
 #   int4 with int8 attention projections:  first-step top-1 1.00, greedy tokens identical 0.80
-# Hence: int4 goes to the feed-forward weights and the word embedding (2/3 of the language model's
-# bytes, read once per token), attention projections stay int8. The vision tower stays int8 at
-# --int4 (compute-bound: 4-bit weights buy no time there and cost fidelity). Convolutions stay fp32.
-# The stem (patch embedding + stage 0) stays fp32: no loss measurable with random weights, but
-# real Florence-2 checkpoints are reported sensitive there, and it costs 1.2 MB.
+# and best-of-5 times on 2 CPU cores (vision batch 2; encoder batch 2 x 586 tokens; decoder step 6 rows):
+#   vision fp32 3.74 s, int8 2.14 s (2.22 s with the stem quantized too)
+#   encoder fp32 0.73 s, int8 0.21 s, int4 + int8 attention 0.36 s
+#   decoder step fp32 17 ms, int8 8 ms, int4 + int8 attention 8 ms, int4 7 ms
+# Hence at --int4: 4-bit weights for the decoder's feed-forward layers and the word embedding (the
+# bytes read per token), attention projections int8; the encoder and the vision tower stay int8
+# (compute-bound: MatMulNBits measured slower than MatMulInteger on the encoder, no faster on the
+# vision tower, and less faithful on both).
+# Convolutions stay fp32. The stem (patch embedding + stage 0) stays fp32: no loss measurable with
+# random weights, but real Florence-2 checkpoints are reported sensitive there; it costs 1.2 MB and
+# no measurable time.
 POLICY: dict[str, dict[str, GraphPolicy]] = {
     "fp16": {name: GraphPolicy("fp16") for name in ("vision_encoder", "embed_tokens", "encoder", "decoder")},
     "int8": {
@@ -77,8 +81,8 @@ POLICY: dict[str, dict[str, GraphPolicy]] = {
     "int4": {
         "vision_encoder": GraphPolicy("int8", keep_fp32=_VISION_STEM),
         "embed_tokens": GraphPolicy("int4"),
-        "encoder": GraphPolicy("int4", int8=_ATTENTION[:2]),
-        "decoder": GraphPolicy("int4", int8=_ATTENTION[2:]),
+        "encoder": GraphPolicy("int8"),
+        "decoder": GraphPolicy("int4", int8=_ATTENTION),
     },
 }
 
@@ -118,17 +122,14 @@ def quantize_onnx(source: Path, dest: Path, precision: str, graph: str, table_sh
         if scopes and not nodes_in_scopes(model, scopes):
             raise ValueError(f"{graph}: no node belongs to {', '.join(scopes)}; the policy is out of date")
     tables = tied.find_tables(model, table_shape) if table_shape else []
-    shared: set[str] = set()
-    if policy.precision in ("int8", "int4"):
-        # Position embeddings: per-row int8 at both precisions (small; rows of very different norms).
-        for n, table in enumerate(tied.other_tables(model, {t.name for t in tables})):
-            tied.rewrite_int8(model, table, prefix=f"positions{n}", columns=False)
-    if policy.precision == "fp32":
-        pass
-    elif policy.precision == "fp16":
+    shared: set[str] = set()  # initializers stored once, in files named by their content
+    if policy.precision == "fp16":
         model = _fp16(model, keep)
         shared = {t.name for t in tables}
     elif policy.precision in ("int8", "int4"):
+        # The learned position embeddings (1026 rows): per-row int8 at both precisions.
+        for n, table in enumerate(tied.other_tables(model, {t.name for t in tables})):
+            tied.rewrite_int8(model, table, prefix=f"positions{n}", columns=False)
         for n, table in enumerate(tables):
             shared |= _rewrite_table(model, table, policy.table or policy.precision, "embedding" + (str(n) if n else ""))
         if policy.precision == "int8":
@@ -138,7 +139,7 @@ def quantize_onnx(source: Path, dest: Path, precision: str, graph: str, table_sh
             model = _int4(model, keep + int8)
             if int8:
                 model = _int8(model, keep, policy.conv, only=int8)
-    else:
+    elif policy.precision != "fp32":
         raise ValueError(f"no ONNX precision pass for {precision!r}; expected fp16, int8 or int4")
     tied.share_tables(model, dest.parent, shared)
     _describe(model, graph, policy)
