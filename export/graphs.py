@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .davit import export_copy, fast_vision_rewrites
+
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -58,7 +60,9 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model.model
+        # A copy with export-friendly DaViT modules (export/davit.py), weights shared; the module
+        # names stay those of transformers (model.vision_tower...), which quantization policies select by.
+        self.model = export_copy(model.model, fast_vision_rewrites())
 
     def forward(self, pixel_values):
         return self.model.get_image_features(pixel_values).pooler_output

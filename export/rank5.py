@@ -5,16 +5,16 @@ view [B, H/ws, ws, W/ws, ws, C]. Folding the batch into the window-row axis give
 order with one axis less: [B*H/ws, ws, W/ws, ws, C] (H is a multiple of ws after padding, so rows of
 consecutive images never mix). The window merge is the same trick backwards. Shapes are taken as
 Python ints: CoreML graphs are static, and an int cast of a traced tensor is what stops the
-converter on the stock module.
+converter on the stock module. Channel attention gets `export.davit.ChannelAttention`, as on every target.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .davit import export_copy, fast_vision_rewrites
 
 
 class Rank5WindowAttention(nn.Module):
@@ -45,38 +45,9 @@ class Rank5WindowAttention(nn.Module):
         return out.reshape(batch, height * width, channels)
 
 
-class StaticChannelAttention(nn.Module):
-    """Same weights and result as a `Florence2VisionChannelAttention`, its scale a Python float:
-    the stock module's `num_tokens ** -0.5` on a traced shape is an int cast CoreML cannot convert."""
-
-    def __init__(self, original: nn.Module):
-        super().__init__()
-        self.qkv, self.proj, self.groups = original.qkv, original.proj, original.groups
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, tokens, channels = (int(d) for d in hidden_states.shape)
-        qkv = self.qkv(hidden_states).reshape(batch, tokens, 3, self.groups, channels // self.groups)
-        qkv = qkv.permute(2, 0, 3, 4, 1)  # [3, B, groups, C/groups, tokens]: attention across channels
-        query, key, value = qkv[0], qkv[1], qkv[2]
-        weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) * float(tokens) ** -0.5, dim=-1)
-        out = torch.matmul(weights, value).transpose(1, 2)  # [B, C/groups, groups, tokens]
-        out = out.permute(0, 3, 2, 1).reshape(batch, tokens, channels)
-        return self.proj(out)
-
-
 def rank5_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of `module` (the model or its vision tower) with window and channel attentions
-    rewritten; the original is untouched."""
-    from transformers.models.florence2.modeling_florence2 import (
-        Florence2VisionChannelAttention,
-        Florence2VisionWindowAttention,
-    )
+    """A copy of `module` (the model or its vision tower) with window and channel attentions
+    rewritten, parameters shared; the original is untouched."""
+    from transformers.models.florence2.modeling_florence2 import Florence2VisionWindowAttention
 
-    rewrites = {Florence2VisionWindowAttention: Rank5WindowAttention,
-                Florence2VisionChannelAttention: StaticChannelAttention}
-    rewritten = copy.deepcopy(module)
-    for child in list(rewritten.modules()):
-        for attr, grandchild in list(child.named_children()):
-            if type(grandchild) in rewrites:
-                setattr(child, attr, rewrites[type(grandchild)](grandchild))
-    return rewritten
+    return export_copy(module, {**fast_vision_rewrites(), Florence2VisionWindowAttention: Rank5WindowAttention})

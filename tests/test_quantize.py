@@ -82,7 +82,7 @@ def test_fp16_keeps_fp32_inputs_and_outputs_and_halves_the_weights(artifacts):
 def test_int8_and_int4_sizes(artifacts):
     fp32, int8, int4 = artifacts("fp32"), artifacts("int8"), artifacts("int4")
     # The language graphs are MatMul and embedding weights: int8 is ~0.25x plus scales. (The tiny
-    # vision tower is mostly convolutions and the stem, which the policy leaves in fp32.)
+    # vision tower is mostly convolutions, which the policy leaves in fp32.)
     for name in LANGUAGE:
         assert weight_bytes(int8, name) < 0.4 * weight_bytes(fp32, name), name
     assert weight_bytes(int8, "vision_encoder") < 0.75 * weight_bytes(fp32, "vision_encoder")
