@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import resource
 import statistics
@@ -200,6 +201,7 @@ def availability(target: str, precision: str) -> str | None:
 
 def ensure_artifact(cache: Path, name: str, checkpoint: Path, target: str, precision: str, fresh: bool = False) -> Path:
     """The cached artifact for (checkpoint, target, precision), exported when missing, stale or `fresh`."""
+    from export.cli import quiet_libraries
     from export.pipeline import run_export
     from runtime.manifest import ArtifactError, read_manifest
 
@@ -213,6 +215,7 @@ def ensure_artifact(cache: Path, name: str, checkpoint: Path, target: str, preci
     except ArtifactError:
         pass
     print(f"exporting {target} {precision} -> {folder}", flush=True)
+    quiet_libraries()
     began = time.perf_counter()
     run_export(str(checkpoint), target, folder, overwrite=True, precision=precision)
     print(f"  exported in {time.perf_counter() - began:.0f} s", flush=True)
@@ -367,6 +370,7 @@ def main(argv=None) -> int:
         Path(spec["out"]).write_text(json.dumps(result))
         return 0
     load_start = os.getloadavg()[0]  # timings on a busy machine mean less: say how busy it was
+    logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stdout)  # the exporter's per-graph lines
     cache = args.cache.expanduser()
     name, checkpoint = resolve_checkpoint(args, cache)
     candidates, skipped = prepare_candidates(args, cache, name, checkpoint)

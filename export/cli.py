@@ -65,7 +65,7 @@ def default_output(model: str | None, target: str) -> Path:
     return Path(f"florence2-{name}-{target}")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """The exporter's and loaders' chatter (torchvision absent, progress bars) is not the user's concern;
     our own log says what happens. Done after their import: torch resets its loggers on import."""
     import transformers
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_target(args)
         from .pipeline import run_export  # heavy imports only once the arguments are good
 
-        _quiet_libraries()
+        quiet_libraries()
         output = args.output or default_output(args.model, args.target)
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
                    opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode,

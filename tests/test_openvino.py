@@ -82,6 +82,18 @@ def test_generate_ids_equal_transformers(models, hf_ids, images, form, mode, tas
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_long_fixed_length_decode_equals_transformers(models, hf_model, hf_processor, images, mode):
+    """30 decoder steps, so the self-attention cache grows well past 15 rows after the empty first step:
+    the case OpenVINO's CPU snippets got wrong (platforms/openvino.py disables them)."""
+    length = dict(max_new_tokens=30, min_new_tokens=30)
+    inputs = hf_processor(text="<OD>", images=images[1], return_tensors="pt")
+    with torch.no_grad():
+        want = hf_model.generate(**inputs, **MODES[mode], **length)[0].tolist()
+    assert len(want) == 31
+    assert models["dynamic"].generate(images[1], "<OD>", **MODES[mode], **length) == want
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_static_batch_runs_image_by_image_with_transformers_padding(models, hf_ids, images, mode):
     tasks, texts = ["<OD>", "<CAPTION_TO_PHRASE_GROUNDING>"], [None, "a cat sitting on a wooden table"]
     want = hf_ids((0, 1), (tasks[0], tasks[1] + texts[1]), mode)
