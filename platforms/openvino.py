@@ -6,14 +6,16 @@
   The NPU computes in f16 whatever the hint: it gets none.
 - Compile cache: compiled graphs are kept in `cache_dir` (default: $FLORENCE2_EDGE_CACHE, else
   $XDG_CACHE_HOME/florence2-edge/openvino, else ~/.cache/florence2-edge/openvino; None disables),
-  so a second load imports the compiled blob instead of compiling. OpenVINO keys a blob by the
-  graph's path and the compile options and checks it against the file, so an artifact exported
-  again in place is recompiled, not served stale.
+  in a subfolder per device and option set, so a second load imports the compiled blob instead of
+  compiling. OpenVINO keys a blob by the graph's path and checks it against the file, so an
+  artifact exported again in place is recompiled, not served stale.
 - Devices: a device that is not present is an error naming the ones that are, never a fallback.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -68,14 +70,6 @@ def check_device(device: str) -> str:
 def compile_config(name: str, inference_precision: str | None, cache_dir, threads: int | None) -> dict:
     """The compile options for device `name`; BackendError for a precision the device cannot run."""
     config = {}
-    if cache_dir is DEFAULT:
-        cache_dir = default_cache_dir()
-    if cache_dir:
-        try:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(cache_dir)
-        except OSError as err:  # a read-only home: slower loads, not a failure
-            warnings.warn(f"no OpenVINO compile cache ({err}); every load compiles", stacklevel=3)
     precision = _ALIASES.get(inference_precision, inference_precision or "f32")
     if precision not in PRECISIONS:
         raise BackendError(f"unknown inference_precision {inference_precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -98,6 +92,18 @@ def compile_config(name: str, inference_precision: str | None, cache_dir, thread
         config["SNIPPETS_MODE"] = "DISABLE"
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache_dir is DEFAULT:
+        cache_dir = default_cache_dir()
+    if cache_dir:
+        # OpenVINO keys a cached blob by the graph and some of the options, not all (SNIPPETS_MODE
+        # is not one): a subfolder per option set, so a changed option never gets a stale blob.
+        tag = hashlib.sha256(json.dumps(sorted(config.items())).encode()).hexdigest()[:12]
+        folder = Path(cache_dir) / f"{name.lower()}-{tag}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(folder)
+        except OSError as err:  # a read-only home: slower loads, not a failure
+            warnings.warn(f"no OpenVINO compile cache ({err}); every load compiles", stacklevel=3)
     return config
 
 
