@@ -14,16 +14,7 @@ from pathlib import Path
 
 from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
 
-# Tokens the original Florence-2 processor adds to BART's vocabulary, in its order.
-FLORENCE_TOKENS = (
-    ["<od>", "</od>", "<ocr>", "</ocr>"]
-    + [f"<loc_{i}>" for i in range(1000)]
-    + ["<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>",
-       "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>",
-       "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>"]
-)
-IMAGE_TOKEN = "<image>"
-BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in BART
+from .vocabulary import BART_SPECIALS, FLORENCE_TOKENS, IMAGE_TOKEN, build_tokenizer as _build_tokenizer  # noqa: F401
 
 _CORPUS = """\
 What is the text in the image? What is the text in the image, with regions?
@@ -83,26 +74,7 @@ PREPROCESSOR = dict(
 
 def build_tokenizer(bpe_vocab_size: int = 600):
     """A BART tokenizer (byte-level BPE trained on a small corpus) with every Florence-2 token added."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import AddedToken, BartTokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_CORPUS.splitlines(), vocab_size=bpe_vocab_size, min_frequency=1,
-                            special_tokens=BART_SPECIALS, show_progress=False)
-    vocab = bpe.get_vocab()
-    merges = _merges(bpe)
-    # `image_token` is a named extra special token, as transformers' conversion script saves it.
-    tokenizer = BartTokenizer(vocab=vocab, merges=merges, extra_special_tokens={"image_token": IMAGE_TOKEN})
-    added = ["<mask>"] + FLORENCE_TOKENS + [IMAGE_TOKEN]
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in added], special_tokens=True)
-    return tokenizer
-
-
-def _merges(bpe) -> list[tuple[str, str]]:
-    import json
-
-    model = json.loads(bpe._tokenizer.to_str())["model"]
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return _build_tokenizer(_CORPUS.splitlines(), bpe_vocab_size)
 
 
 def build_config(preset: str, tokenizer):

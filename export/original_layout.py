@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import Checkpoint
-from .embedded import FLORENCE_TOKENS, IMAGE_TOKEN
+from .vocabulary import FLORENCE_TOKENS, IMAGE_TOKEN
 from .errors import ExportError
 
 log = logging.getLogger("export")
