@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def bench_image(seed: int = 0, size: tuple[int, int] = (640, 480)):
     """The same pixels in every process."""
-    from export.embedded import sample_image
+    from runtime.probes import sample_image
 
     return sample_image(seed, size)
 
@@ -127,9 +127,7 @@ def candidate_worker(spec: dict) -> dict:
             began = time.perf_counter()
             ids = model.generate(image, spec["task"], spec["text"], **options)
             e2e = time.perf_counter() - began
-        # A static-shape artifact decodes outside the "decode" stage: count what the others leave.
-        decode_s = stages.get("decode", e2e - sum(stages.values()))
-        return {"vision": stages["vision"], "encoder": stages["encoder"], "decode": decode_s / (len(ids) - 1),
+        return {"vision": stages["vision"], "encoder": stages["encoder"], "decode": stages["decode"] / (len(ids) - 1),
                 "e2e": e2e}, ids
 
     medians, ids = _timed_runs(once, spec["repeats"])
@@ -203,14 +201,15 @@ def ensure_artifact(cache: Path, name: str, checkpoint: Path, target: str, preci
     """The cached artifact for (checkpoint, target, precision), exported when missing, stale or `fresh`."""
     from export.cli import quiet_libraries
     from export.pipeline import run_export
-    from runtime.manifest import ArtifactError, read_manifest
+    from runtime.errors import ArtifactError
+    from runtime.manifest import read_manifest
 
     folder = cache / f"{name}-{target}-{precision}"
     try:
         manifest = read_manifest(folder, verify=False)
         if (not fresh and (manifest.source.get("model"), manifest.target, manifest.precision)
                 == (str(checkpoint), target, precision)
-                and all((folder / g["file"]).is_file() for g in manifest.graphs.values())):
+                and all((folder / g.file).is_file() for g in manifest.graphs.values())):
             return folder
     except ArtifactError:
         pass

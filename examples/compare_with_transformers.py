@@ -50,7 +50,7 @@ def main() -> int:
     model = Florence2.load(args.artifact)
     reference, processor = transformers_side(args.checkpoint)
     dims = model.manifest.dims
-    padded = list(range(dims["tokenizer_size"], dims["vocab_size"]))
+    padded = list(range(dims.tokenizer_size, dims.vocab_size))
     mismatches = 0
     for path in args.images:
         image = load_image(path)

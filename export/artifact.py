@@ -15,11 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.manifest import TOKENIZER_NAME, Manifest, file_record
-from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
+from runtime.contract import Contract
+from runtime.manifest import TOKENIZER_NAME, FileRecord, GenerationDefaults, Manifest, TaskRecord, file_record
+from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG, TASKS, Task, TaskDeclarationError, declare_tasks
 
 from .errors import ExportError
-from .graphs import ModelDims
 
 _GENERATION_KEYS = (
     "num_beams", "no_repeat_ngram_size", "early_stopping", "length_penalty", "max_length", "max_new_tokens",
@@ -76,49 +76,45 @@ def _plain(value):
 
 
 def preprocessing_settings(image_processor) -> dict:
-    settings = {key: _plain(getattr(image_processor, key, None)) for key in _PREPROCESSING_KEYS}
-    size = settings.get("size") or {}
-    if not ({"height", "width"} <= set(size)):
-        raise ExportError(f"image processor size {size} is not supported: expected {{'height': H, 'width': W}} as Florence-2 uses")
-    return settings
+    return {key: _plain(getattr(image_processor, key, None)) for key in _PREPROCESSING_KEYS}
 
 
-def task_table(processor) -> dict:
-    parse_types = processor.tasks_answer_post_processing_type
-    prompts = {**processor.task_prompts_without_inputs, **processor.task_prompts_with_input}
-    return {token: {"prompt": prompt, "parse_type": parse_types.get(token, "pure_text")} for token, prompt in prompts.items()}
+def task_table(processor, declared: dict | None = None) -> dict[str, TaskRecord]:
+    """The checkpoint's tasks (its processor's prompts and parse types), plus those `declared` with
+    `--tasks` (validated by runtime.tasks.declare_tasks: they may not replace the checkpoint's)."""
+    parse_types = getattr(processor, "tasks_answer_post_processing_type", None) or {}
+    prompts = {**(getattr(processor, "task_prompts_without_inputs", None) or {}),
+               **(getattr(processor, "task_prompts_with_input", None) or {})}
+    table = {token: Task(token, prompt, parse_types.get(token, "pure_text")) for token, prompt in prompts.items()}
+    if not table:
+        table = dict(TASKS)
+    if declared is not None:
+        try:
+            table = declare_tasks(table, declared)
+        except TaskDeclarationError as err:
+            raise ExportError(f"--tasks: {err}") from None
+    return {token: TaskRecord(task.prompt, task.parse_type) for token, task in table.items()}
 
 
-def build_manifest(checkpoint, dims: ModelDims, target: str, precision: str, source: dict) -> Manifest:
-    config, tokenizer = checkpoint.model.config, checkpoint.processor.tokenizer
-    text = config.text_config
+def build_manifest(checkpoint, contract: Contract, target: str, precision: str, source: dict,
+                   declared_tasks: dict | None = None) -> Manifest:
+    """The manifest of an export, without its graphs and files (the pipeline adds them as it writes)."""
     generation = checkpoint.generation_config
     return Manifest(
         target=target,
         precision=precision,
         source=source,
-        dims={
-            "d_model": dims.d_model, "vocab_size": dims.vocab_size, "tokenizer_size": len(tokenizer),
-            "encoder_layers": text.encoder_layers, "decoder_layers": dims.decoder_layers,
-            "decoder_heads": dims.decoder_heads, "head_dim": dims.head_dim,
-            "image_tokens": dims.image_tokens, "image_size": list(dims.image_size),
-            "max_positions": text.max_position_embeddings,
-        },
-        tokens={
-            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
-            "unk": tokenizer.unk_token_id, "image": config.image_token_id,
-            "decoder_start": generation.decoder_start_token_id if generation.decoder_start_token_id is not None
-            else text.decoder_start_token_id,
-            "first_loc": tokenizer.convert_tokens_to_ids("<loc_0>"),
-        },
-        generation={key: _plain(getattr(generation, key, None)) for key in _GENERATION_KEYS},
+        dims=contract.dims,
+        tokens=contract.tokens,
+        static=contract.static,
+        generation=GenerationDefaults(**{key: _plain(getattr(generation, key, None)) for key in _GENERATION_KEYS}),
         preprocessing=preprocessing_settings(checkpoint.processor.image_processor),
-        tasks=task_table(checkpoint.processor),
+        tasks=task_table(checkpoint.processor, declared_tasks),
         post_processing=_plain(getattr(checkpoint.processor, "post_processor_config", None) or DEFAULT_POST_PROCESSOR_CONFIG),
     )
 
 
-def write_tokenizer(processor, folder: Path) -> dict:
+def write_tokenizer(processor, folder: Path) -> dict[str, FileRecord]:
     """tokenizer.json with every added token, so the runtime needs only the `tokenizers` package."""
     path = folder / TOKENIZER_NAME
     processor.tokenizer.backend_tokenizer.save(str(path))

@@ -1,7 +1,7 @@
-"""Find and load a Florence-2 checkpoint (a folder or a hub id), in the transformers-native layout or
-the original Microsoft one (see original_layout.py; its remote code is never downloaded nor run).
+"""A loaded Florence-2 checkpoint, and the transformers-native layout's check and loader
+(export/loading.py picks the layout; export/original_layout.py loads the original Microsoft one).
 
-Everything the artifact needs comes out of here as one `Checkpoint`: the model (fp32, eval, eager
+Everything the artifact needs comes out as one `Checkpoint`: the model (fp32, eval, eager
 attention so every backend sees plain MatMul/Softmax), the processor (tokenizer, image settings,
 post-processing settings) and the generation defaults. Layout problems are reported as one line
 naming what was expected, before any heavy work starts.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,6 @@ log = logging.getLogger("export")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json",)
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Everything but code: the original layout ships .py files that must never reach this machine.
-_HUB_FILES = ["*.json", "*.txt"]
-_HUB_WEIGHTS = (["model*.safetensors"], ["pytorch_model*.bin"])  # the second only when the first is absent
 
 
 @dataclass
@@ -58,43 +53,7 @@ def check_folder(folder: Path) -> None:
             raise ExportError(f"{folder} has no {kind} file: expected one of {', '.join(names)}")
 
 
-def load_checkpoint(source: str) -> Checkpoint:
-    """Load a local folder or a hub id (its files but code downloaded to the hub cache as usual), in
-    either layout; the folder is checked before any heavy work."""
-    from .original_layout import is_original_layout, load_original
-
-    path = Path(source).expanduser()
-    local = path.exists() or not _HUB_ID.match(source)
-    if local and not is_original_layout(path):
-        check_folder(path)
-    log.info("loading %s", source)
-    try:
-        folder = path.resolve() if local else _download(source)
-        if is_original_layout(folder):
-            checkpoint = load_original(folder)
-            log.info("%s", checkpoint.mapping.summary())
-        else:
-            if not local:
-                check_folder(folder)
-            checkpoint = _load(str(folder))
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"cannot load Florence-2 checkpoint {source}: {first_line}") from None
-    checkpoint.source = str(folder) if local else source
-    return checkpoint
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    for weights in _HUB_WEIGHTS:
-        folder = Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES + weights))
-        if any(folder.glob(weights[0])):
-            break
-    return folder
-
-
-def _load(source: str) -> Checkpoint:
+def load_native(source: str) -> Checkpoint:
     import torch
     from transformers import AutoProcessor, Florence2ForConditionalGeneration
 

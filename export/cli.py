@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-decode", type=_positive_int, help="--static: KV buffer slots = most generated tokens (default 256)")
     parser.add_argument("--static-beams", type=_positive_int,
                         help="--static: decoder rows = most beams (default: the checkpoint's num_beams)")
+    parser.add_argument("--tasks", type=Path, metavar="TASKS_JSON",
+                        help='declare extra tasks of a fine-tune, e.g. {"<MY_OD>": {"prompt": "Locate the widgets.", '
+                             '"parse_type": "description_with_bboxes"}}; "{input}" in a prompt marks where text goes')
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
 
@@ -60,6 +64,21 @@ def _check_target(args) -> None:
         raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")
 
 
+def read_tasks(path: Path | None) -> dict | None:
+    """The --tasks file as a JSON object (validated in full by the export, against the checkpoint's tasks)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"--tasks {path}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise ExportError(f"--tasks {path}: not a readable JSON file ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f'--tasks {path}: expected a JSON object {{"<TOKEN>": {{"prompt": ..., "parse_type": ...}}}}')
+    return data
+
+
 def default_output(model: str | None, target: str) -> Path:
     name = (model or "embedded:tiny").rstrip("/").replace("embedded:", "embedded-").split("/")[-1]
     return Path(f"florence2-{name}-{target}")
@@ -82,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         _check_target(args)
+        tasks = read_tasks(args.tasks)
         from .pipeline import run_export  # heavy imports only once the arguments are good
 
         quiet_libraries()
         output = args.output or default_output(args.model, args.target)
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
                    opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode,
-                   static_beams=args.static_beams)
+                   static_beams=args.static_beams, tasks=tasks)
     except ParityError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 1

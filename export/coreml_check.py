@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.contract import Contract
+
 from .coreml_writer import NAMES_KEY
-from .graphs import GraphSpec, ModelDims
 from .parity import GraphParity, check_graph
+from .specs import GraphSpec
 
 REASON = "CoreML prediction needs macOS"
 MAX_RANK = 5
@@ -140,11 +142,11 @@ class CoreMLParity(GraphParity):
                 "program_problems": self.problems}
 
 
-def verify(spec: GraphSpec, model, dims: ModelDims, written, precision: str) -> CoreMLParity:
+def verify(spec: GraphSpec, model, contract: Contract, written, precision: str) -> CoreMLParity:
     """The gate for one written graph (`written`: export/coreml_writer.py's CoreMLGraph)."""
     import coremltools
 
-    traced = check_graph(spec, TracedSession(spec, written.traced), model, dims, precision="fp32")
+    traced = check_graph(spec, TracedSession(spec, written.traced), model, contract, precision="fp32")
     program = read_program(written.path)
     return CoreMLParity(**vars(traced), program={**program.to_dict(), "coremltools": coremltools.__version__},
                         problems=program_problems(program, written.io, precision))

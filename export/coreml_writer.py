@@ -39,10 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantize.coreml import INT4_REFUSAL
+
 from .errors import ExportError
-from .graphs import Encoder, GraphSpec, VisionEncoder, _heads
+from .graphs import Encoder, VisionEncoder, _heads
 from .rank5 import rank5_copy
-from .targets import COREML_INT4_REFUSAL
+from .specs import GraphSpec
 
 PRECISIONS = ("fp16", "fp32", "int8")
 NAMES_KEY = "florence2_edge.names"  # package metadata: JSON {CoreML feature name: our name}
@@ -117,13 +119,18 @@ def fold_static_sizes(traced: torch.jit.ScriptModule) -> None:
     torch._C._jit_pass_dce(traced.graph)
 
 
-def expected_io(spec: GraphSpec, example: dict[str, np.ndarray], outputs: tuple) -> dict:
-    """The program's I/O as the manifest records it: the spec's names, the static shapes, CoreML dtypes."""
-    if len(outputs) != len(spec.outputs):
-        raise ExportError(f"{spec.name}: the wrapper returns {len(outputs)} outputs, the spec declares {len(spec.outputs)}")
-    inputs = {name: {"dtype": np.dtype(_INPUT_DTYPES[example[name].dtype]).name, "shape": list(example[name].shape)}
-              for name in spec.inputs}
-    results = {name: {"dtype": "float32", "shape": list(value.shape)} for name, value in zip(spec.outputs, outputs)}
+def expected_io(spec: GraphSpec, outputs: tuple) -> dict:
+    """The program's I/O as the manifest records it: the contract's names and (static) shapes, CoreML
+    dtypes (int64 ids become int32). The traced outputs must have the contract's shapes."""
+    if len(outputs) != len(spec.io.outputs):
+        raise ExportError(f"{spec.name}: the wrapper returns {len(outputs)} outputs, the contract declares {len(spec.io.outputs)}")
+    for tensor, value in zip(spec.io.outputs, outputs):
+        if tuple(value.shape) != tensor.shape:
+            raise ExportError(f"{spec.name}: the wrapper's {tensor.name} has shape {list(value.shape)}, "
+                              f"the contract {list(tensor.shape)}")
+    inputs = {t.name: {"dtype": np.dtype(_INPUT_DTYPES[np.dtype(t.dtype)]).name, "shape": list(t.shape)}
+              for t in spec.io.inputs}
+    results = {t.name: {"dtype": "float32", "shape": list(t.shape)} for t in spec.io.outputs}
     return {"inputs": inputs, "outputs": results}
 
 
@@ -132,9 +139,9 @@ def write_coreml(spec: GraphSpec, model, example: dict[str, np.ndarray], path: P
     """Trace `spec`'s wrapper of `model` on `example`, convert it at `precision`, save it at `path`."""
     if precision not in PRECISIONS:
         raise ExportError(f"the coreml target writes {', '.join(PRECISIONS)}, not {precision}"
-                          + (f": {COREML_INT4_REFUSAL}" if precision == "int4" else ""))
+                          + (f": {INT4_REFUSAL}" if precision == "int4" else ""))
     traced, outputs = trace(spec, model, example)
-    interface = expected_io(spec, example, outputs)
+    interface = expected_io(spec, outputs)
     with _quiet_converter():
         import coremltools as ct
 

@@ -77,25 +77,33 @@ def build_tokenizer(bpe_vocab_size: int = 600):
     return _build_tokenizer(_CORPUS.splitlines(), bpe_vocab_size)
 
 
-def build_config(preset: str, tokenizer):
+def build_config(preset: str, tokenizer, vision: dict | None = None, text: dict | None = None):
+    """The preset's config; `vision` and `text` override its vision / text settings (e.g. window_size)."""
     from transformers import BartConfig, Florence2Config, Florence2VisionConfig
 
     spec = PRESETS[preset]
-    vocab_size = max(spec["vocab_size"] or 0, len(tokenizer))
-    text = BartConfig(
+    text_settings = {**spec["text"], **(text or {})}
+    vision_settings = {**spec["vision"], **(vision or {})}
+    # Embedding rows: the preset's (real checkpoints pad to a multiple of 64), never fewer than the tokenizer.
+    vocab_size = max(text_settings.pop("vocab_size", None) or spec["vocab_size"] or 0, len(tokenizer))
+    text_config = BartConfig(
         vocab_size=vocab_size, max_position_embeddings=1024, activation_function="gelu",
         scale_embedding=False, dropout=0.1, attention_dropout=0.1,
         bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-        forced_bos_token_id=0, forced_eos_token_id=2, **spec["text"],
+        forced_bos_token_id=0, forced_eos_token_id=2, **text_settings,
     )
-    vision = Florence2VisionConfig(drop_path_rate=0.1, **spec["vision"])
-    return Florence2Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+    vision_config = Florence2VisionConfig(drop_path_rate=0.1, **vision_settings)
+    return Florence2Config(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
                            image_token_id=tokenizer.image_token_id)
 
 
-def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, image_size: int | None = None,
+                     vision: dict | None = None, text: dict | None = None) -> Path:
     """Write a complete native-layout checkpoint (config, safetensors weights, tokenizer, processor,
-    generation config) to `out_dir`. Deterministic for a given preset and seed."""
+    generation config) to `out_dir`. Deterministic for a given preset and seed. `image_size` (square,
+    default 768) is the size the processor declares; `vision` / `text` override config settings
+    (e.g. {"window_size": 4} for a small image). The processor's image_seq_length is what the vision
+    tower gives at that size."""
     import torch
     from transformers import CLIPImageProcessorPil, Florence2ForConditionalGeneration, Florence2Processor, GenerationConfig
 
@@ -103,15 +111,18 @@ def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
-    config = build_config(preset, tokenizer)
+    config = build_config(preset, tokenizer, vision, text)
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config).eval()
     _spread_logits(model, seed, PRESETS[preset]["decoder_scale"], PRESETS[preset]["embedding_std"])
     model.generation_config = GenerationConfig(**GENERATION_DEFAULTS)
     model.save_pretrained(out_dir)
 
-    image_processor = CLIPImageProcessorPil(**PREPROCESSOR, crop_size={"height": 768, "width": 768})
-    image_processor.image_seq_length = 577
+    side = image_size or PREPROCESSOR["size"]["height"]
+    size = {"height": side, "width": side}
+    image_processor = CLIPImageProcessorPil(**{**PREPROCESSOR, "size": size}, crop_size=size)
+    with torch.no_grad():
+        image_processor.image_seq_length = int(model.get_image_features(torch.zeros(1, 3, side, side)).pooler_output.shape[1])
     processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
                                    post_processor_config=DEFAULT_POST_PROCESSOR_CONFIG)
     processor.save_pretrained(out_dir)
@@ -134,20 +145,3 @@ def _spread_logits(model, seed: int, decoder_scale: float, embedding_std: float)
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * scale)
         shared = model.get_input_embeddings().weight  # tied to lm_head
         shared.copy_(torch.randn(shared.shape, generator=generator) * embedding_std)
-
-
-def sample_image(seed: int, size: tuple[int, int] = (640, 480)):
-    """A deterministic test picture (noise plus filled rectangles), for tests, the benchmark and the
-    fidelity report: different enough per seed to steer a random model differently."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    width, height = size
-    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):
-        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-        x1, y1 = x0 + int(rng.integers(5, width // 2)), y0 + int(rng.integers(5, height // 2))
-        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    return image

@@ -1,58 +1,24 @@
-"""The four graphs an artifact holds: one tiny nn.Module per exported boundary, declared flatly.
+"""The four graphs an artifact holds: one tiny nn.Module per exported boundary.
 
-Each `GraphSpec` names its inputs and outputs with their symbolic axes (optimum style), its fp32
-tolerance for the parity gate, how to build the wrapper from a `Florence2ForConditionalGeneration`,
-and how transformers itself computes the same outputs (the reference the parity gate compares with).
-
-Shapes (d: text width, H/hd: decoder heads/head dim, S: 577 image tokens + prompt tokens):
-    vision_encoder  pixel_values [B,3,768,768] -> image_features [B,577,d]
+Each wrapper computes exactly one graph of the contract (runtime/contract.py holds the I/O names and
+shapes; export/specs.py pairs each wrapper with them, its tolerance and its reference):
+    vision_encoder  pixel_values [B,3,H,W] -> image_features [B,I,d]
     embed_tokens    input_ids [B,T] -> inputs_embeds [B,T,d]
     encoder         inputs_embeds [B,S,d], attention_mask [B,S] -> encoder_hidden_states [B,S,d],
                     cross.{i}.key / cross.{i}.value [B,H,S,hd] for every decoder layer i
     decoder         input_ids [N,1], encoder_attention_mask [B,S], past.{i}.key/value [N,H,P,hd],
                     cross.{i}.key/value [B,H,S,hd] -> logits [N,1,V], present.{i}.key/value [N,H,P+1,hd]
-where N = B * beams, rows grouped per batch item. The decoder attends each beam's query to its batch
-item's cross K/V by folding beams into the query axis, so beam search never copies cross K/V.
+where I is the image-token count and N = B * beams, rows grouped per batch item. The decoder attends
+each beam's query to its batch item's cross K/V by folding beams into the query axis, so beam search
+never copies cross K/V.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .davit import export_copy, fast_vision_rewrites
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    d_model: int
-    vocab_size: int
-    decoder_layers: int
-    decoder_heads: int
-    head_dim: int
-    image_tokens: int
-    image_size: tuple[int, int]  # (height, width) the vision tower expects
-
-    @classmethod
-    def of(cls, model) -> "ModelDims":
-        text = model.config.text_config
-        return cls(
-            d_model=text.d_model,
-            vocab_size=text.vocab_size,
-            decoder_layers=text.decoder_layers,
-            decoder_heads=text.decoder_attention_heads,
-            head_dim=text.d_model // text.decoder_attention_heads,
-            image_tokens=577,
-            image_size=(768, 768),
-        )
-
-
-def kv_names(prefix: str, layers: int) -> list[str]:
-    """`prefix.{i}.key`, `prefix.{i}.value` for each layer, interleaved in layer order."""
-    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
 
 class VisionEncoder(nn.Module):
@@ -160,45 +126,3 @@ class DecoderStep(nn.Module):
         weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) * attn.scaling + bias, dim=-1)
         out = torch.matmul(weights, value).transpose(1, 2).reshape(rows, 1, width)
         return attn.out_proj(out)
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str
-    wrapper: Callable  # model -> nn.Module
-    inputs: dict[str, dict[int, str]]  # input name -> {axis: symbolic dim}
-    outputs: dict[str, dict[int, str]]
-    tolerance: float  # fp32 max abs diff accepted by the parity gate, per output
-    output_tolerances: dict[str, float] = field(default_factory=dict)  # per-output exceptions
-    # Where the parity gate's inputs and reference come from when not export/parity.py's tables by
-    # name: (dims, seed) -> cases, and (model, feeds) -> outputs (the static graphs set both).
-    cases: Callable | None = None
-    reference: Callable | None = None
-
-    def tolerance_of(self, output: str) -> float:
-        return self.output_tolerances.get(output, self.tolerance)
-
-
-def graph_specs(dims: ModelDims) -> list[GraphSpec]:
-    layers = dims.decoder_layers
-    cross = {name: {0: "batch", 2: "encoder_sequence"} for name in kv_names("cross", layers)}
-    past = {name: {0: "rows", 2: "past_sequence"} for name in kv_names("past", layers)}
-    present = {name: {0: "rows", 2: "present_sequence"} for name in kv_names("present", layers)}
-    return [
-        # The vision tower is ~20 stacked blocks over 768x768 pixels: float error accumulates more.
-        GraphSpec("vision_encoder", VisionEncoder, {"pixel_values": {0: "batch"}},
-                  {"image_features": {0: "batch"}}, tolerance=1e-4),
-        GraphSpec("embed_tokens", EmbedTokens, {"input_ids": {0: "batch", 1: "sequence"}},
-                  {"inputs_embeds": {0: "batch", 1: "sequence"}}, tolerance=1e-6),
-        GraphSpec("encoder", Encoder,
-                  {"inputs_embeds": {0: "batch", 1: "encoder_sequence"},
-                   "attention_mask": {0: "batch", 1: "encoder_sequence"}},
-                  {"encoder_hidden_states": {0: "batch", 1: "encoder_sequence"}, **cross}, tolerance=1e-4),
-        GraphSpec("decoder", DecoderStep,
-                  {"input_ids": {0: "rows"}, "encoder_attention_mask": {0: "batch", 1: "encoder_sequence"},
-                   **past, **cross},
-                  {"logits": {0: "rows"}, **present}, tolerance=1e-4,
-                  # Logits are d-wide dot products with the tied embedding, magnitude 30-100 at base
-                  # size: 1e-3 there is ~1e-5 relative, far inside any top-1 margin that matters.
-                  output_tolerances={"logits": 1e-3}),
-    ]

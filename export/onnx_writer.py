@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .graphs import GraphSpec
+from .specs import GraphSpec
 from .onnx_rewrites import rewrite_file
 
 DEFAULT_OPSET = 18

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ExportError
-from .graphs import GraphSpec
+from .specs import GraphSpec
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 

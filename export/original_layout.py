@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
+
 from .checkpoint import Checkpoint
 from .vocabulary import FLORENCE_TOKENS, IMAGE_TOKEN
 from .errors import ExportError
@@ -149,7 +151,7 @@ def load_original(folder: str | Path) -> Checkpoint:
         raise ExportError(f"native model tensors not filled from the checkpoint: {', '.join(left[:3])}")
     model.eval()
     model.generation_config = generation_config(folder, raw.get("text_config") or {}, tokenizer)
-    processor = build_processor(folder, tokenizer)
+    processor = build_processor(folder, tokenizer, model)
     return Checkpoint(model=model, processor=processor, generation_config=model.generation_config,
                       source=str(folder.resolve()), mapping=mapping)
 
@@ -221,10 +223,8 @@ def build_tokenizer(folder: Path):
     return tokenizer
 
 
-def build_processor(folder: Path, tokenizer):
+def build_processor(folder: Path, tokenizer, model):
     from transformers import CLIPImageProcessorPil, Florence2Processor
-
-    from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
 
     path = folder / "preprocessor_config.json"
     if not path.is_file():
@@ -236,7 +236,14 @@ def build_processor(folder: Path, tokenizer):
     # None (e.g. the shipped "do_convert_rgb": null) means the processor's default, as in the original.
     values = {key: settings[key] for key in IMAGE_PROCESSOR_KEYS if settings.get(key) is not None}
     image_processor = CLIPImageProcessorPil(**values)
-    image_processor.image_seq_length = settings.get("image_seq_length", 577)
+    # The count the vision tower really gives at this size, where the settings leave it out (a
+    # declared one that disagrees is reported by export/facts.py).
+    if settings.get("image_seq_length") is None:
+        from .facts import image_size_of, image_token_count
+
+        image_processor.image_seq_length = image_token_count(model, image_size_of(image_processor))
+    else:
+        image_processor.image_seq_length = settings["image_seq_length"]
     return Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
                               post_processor_config=DEFAULT_POST_PROCESSOR_CONFIG)
 

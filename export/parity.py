@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+
+from runtime.contract import Contract
+from runtime.probes import graph_cases
 
 from .errors import ParityError
-from .graphs import GraphSpec, ModelDims, kv_names
-
-PROMPT_LENGTHS = (3, 9)
+from .specs import GraphSpec
 
 # The fidelity floor of a reduced-precision graph: the least cosine similarity to transformers' fp32
 # output that each output of each graph must keep on the gate's inputs (fp32 graphs are held to max
@@ -75,131 +75,30 @@ class GraphParity:
                 "fidelity_floor": self.floor, "passed": not self.failures}
 
 
-def _mask(batch: int, lengths: list[int], total: int) -> np.ndarray:
-    mask = np.zeros((batch, total), dtype=np.int64)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1
-    return mask
-
-
-def sample_cases(name: str, dims: ModelDims, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Generated inputs for one graph: varied batch, sequence, cache and beam sizes."""
-    rng = np.random.default_rng(seed)
-    normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
-    full = [dims.image_tokens + n for n in PROMPT_LENGTHS]
-    if name == "vision_encoder":
-        return [{"pixel_values": normal(2, 3, *dims.image_size)}]
-    if name == "embed_tokens":
-        return [{"input_ids": rng.integers(0, dims.vocab_size, (2, n), dtype=np.int64)} for n in PROMPT_LENGTHS]
-    if name == "encoder":
-        return [{"inputs_embeds": normal(2, total, dims.d_model), "attention_mask": _mask(2, [total, full[0]], total)}
-                for total in full]
-    if name == "decoder":
-        cases = []
-        # An empty cache, then a long one on the same session: OpenVINO 2026.4's CPU plugin computed
-        # wrong logits for every cache of 15+ rows once it had run an empty one (platforms/openvino.py).
-        for beams, past in ((1, 0), (1, 24), (3, 5)):
-            rows, total = 2 * beams, full[1]
-            case = {"input_ids": rng.integers(0, dims.vocab_size, (rows, 1), dtype=np.int64),
-                    "encoder_attention_mask": _mask(2, [total, full[0]], total)}
-            case.update({n: normal(rows, dims.decoder_heads, past, dims.head_dim) for n in kv_names("past", dims.decoder_layers)})
-            case.update({n: normal(2, dims.decoder_heads, total, dims.head_dim) for n in kv_names("cross", dims.decoder_layers)})
-            cases.append(case)
-        return cases
-    raise ValueError(f"no parity inputs for graph {name!r}")
-
-
-def _t(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-@torch.no_grad()
-def reference_outputs(name: str, model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What transformers computes for the graph's inputs, keyed by the graph's output names."""
-    if name == "vision_encoder":
-        return {"image_features": model.get_image_features(_t(feeds["pixel_values"])).pooler_output.numpy()}
-    if name == "embed_tokens":
-        return {"inputs_embeds": model.get_input_embeddings()(_t(feeds["input_ids"])).numpy()}
-    if name == "encoder":
-        return _encoder_reference(model, feeds)
-    if name == "decoder":
-        return _decoder_reference(model, feeds)
-    raise ValueError(f"no reference for graph {name!r}")
-
-
-def _encoder_reference(model, feeds):
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    language_model = model.model.language_model
-    mask = _t(feeds["attention_mask"])
-    hidden = language_model.encoder(inputs_embeds=_t(feeds["inputs_embeds"]), attention_mask=mask).last_hidden_state
-    # One decoder step fills transformers' cross-attention cache: those are the K/V to match.
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    start = torch.full((hidden.shape[0], 1), model.config.text_config.decoder_start_token_id)
-    language_model.decoder(input_ids=start, encoder_hidden_states=hidden, encoder_attention_mask=mask,
-                           past_key_values=cache, use_cache=True)
-    outputs = {"encoder_hidden_states": hidden.numpy()}
-    layers = cache.cross_attention_cache.layers
-    for i, layer in enumerate(layers):
-        outputs[f"cross.{i}.key"], outputs[f"cross.{i}.value"] = layer.keys.numpy(), layer.values.numpy()
-    return outputs
-
-
-def _decoder_reference(model, feeds):
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    decoder = model.model.language_model.decoder
-    layers = len(decoder.layers)
-    input_ids, mask = _t(feeds["input_ids"]), _t(feeds["encoder_attention_mask"])
-    beams = input_ids.shape[0] // mask.shape[0]
-    self_cache, cross_cache = DynamicCache(), DynamicCache()
-    for i in range(layers):
-        if feeds[f"past.{i}.key"].shape[2]:
-            self_cache.update(_t(feeds[f"past.{i}.key"]), _t(feeds[f"past.{i}.value"]), i)
-        # transformers' own layout: cross K/V repeated per beam.
-        cross_cache.update(_t(feeds[f"cross.{i}.key"]).repeat_interleave(beams, 0),
-                           _t(feeds[f"cross.{i}.value"]).repeat_interleave(beams, 0), i)
-    cache = EncoderDecoderCache(self_cache, cross_cache)
-    rows, sequence = input_ids.shape[0], mask.shape[1]
-    unused_hidden = torch.zeros(rows, sequence, decoder.config.d_model)  # K/V come from the cache
-    out = decoder(input_ids=input_ids, encoder_hidden_states=unused_hidden,
-                  encoder_attention_mask=mask.repeat_interleave(beams, 0), past_key_values=cache, use_cache=True)
-    outputs = {"logits": model.lm_head(out.last_hidden_state).numpy()}
-    for i, layer in enumerate(cache.self_attention_cache.layers[:layers]):
-        outputs[f"present.{i}.key"], outputs[f"present.{i}.value"] = layer.keys.numpy(), layer.values.numpy()
-    return outputs
-
-
-def cases_of(spec: GraphSpec, dims: ModelDims, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """The gate's inputs for `spec`: its own generator if it has one (static graphs), else the table."""
-    return spec.cases(dims, seed) if spec.cases else sample_cases(spec.name, dims, seed)
-
-
-def reference_of(spec: GraphSpec, model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return spec.reference(model, feeds) if spec.reference else reference_outputs(spec.name, model, feeds)
-
-
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     norm = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / norm) if norm else float(np.array_equal(a, b))
 
 
-def check_graph(spec: GraphSpec, session, model, dims: ModelDims, precision: str = "fp32") -> GraphParity:
-    """Run `session` and the reference on every sample case; keep the worst diff (and the least
-    cosine similarity) per output. fp32 is judged by max abs diff, other precisions by their floor."""
+def check_graph(spec: GraphSpec, session, model, contract: Contract, precision: str = "fp32",
+                seed: int = 0) -> GraphParity:
+    """Run `session` and transformers on every generated case of the graph (runtime/probes.py); keep
+    the worst diff (and the least cosine similarity) per output. fp32 is judged by max abs diff,
+    other precisions by their floor."""
     result = GraphParity(spec.name, spec.tolerance, output_tolerances=dict(spec.output_tolerances),
                          floor=fidelity_floor(precision, spec.name))
-    for feeds in cases_of(spec, dims):
+    for feeds in graph_cases(contract, spec.name, seed):
         got = session.run(feeds)
-        want = reference_of(spec, model, feeds)
+        want = spec.reference(model, feeds, contract)
         for name in spec.outputs:
-            if got[name].shape != want[name].shape:
+            same_shape = got[name].shape == want[name].shape
+            if not same_shape:
                 diff = float("inf")
             else:
                 diff = float(np.max(np.abs(got[name].astype(np.float64) - want[name]))) if want[name].size else 0.0
             result.max_abs_diff[name] = max(result.max_abs_diff.get(name, 0.0), diff)
-            cos = cosine_similarity(got[name], want[name]) if got[name].shape == want[name].shape else -1.0
+            cos = cosine_similarity(got[name], want[name]) if same_shape else -1.0
             result.cosine[name] = min(result.cosine.get(name, 1.0), cos)
         result.cases += 1
     return result

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from quantize import coreml as coreml_quantize
+
 
 @dataclass(frozen=True)
 class Target:
@@ -23,7 +25,7 @@ class Target:
     weights_suffix: str | None = None  # a second file per graph (OpenVINO's .bin), recorded as "weights"
     gate_session: dict = field(default_factory=dict)  # open_session options for the parity gate
     static: bool = False  # every graph fixed-shape (export/static_graphs.py), --static or not
-    # For a backend that cannot run here (CoreML needs macOS): (spec, model, dims, written, precision)
+    # For a backend that cannot run here (CoreML needs macOS): (spec, model, contract, written, precision)
     # -> GraphParity, given what the writer returned; the gate then runs no session.
     verify: Callable | None = None
 
@@ -57,14 +59,13 @@ def _coreml_writer(spec, model, example, path, precision="fp16", **_):
     return write_coreml(spec, model, example, path, precision=precision)
 
 
-def _coreml_verify(spec, model, dims, written, precision="fp16"):
+def _coreml_verify(spec, model, contract, written, precision="fp16"):
     from .coreml_check import verify
 
-    return verify(spec, model, dims, written, precision)
+    return verify(spec, model, contract, written, precision)
 
 
-COREML_INT4_REFUSAL = ("CoreML int4 weights (constexpr_blockwise_shift_scale) need the iOS 18 / macOS 15 opset; "
-                       "this target is macOS 14 / iOS 17 (use --int8)")
+COREML_INT4_REFUSAL = coreml_quantize.INT4_REFUSAL
 
 
 TARGETS: dict[str, Target] = {

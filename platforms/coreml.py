@@ -9,7 +9,7 @@ not a silent CPU run.
 Every CoreML artifact is fixed-shape (export/coreml_writer.py): inputs are checked against the
 shapes the model declares, cast to its dtypes (ids int64 -> int32), and our names (`past.0.key`)
 are translated to CoreML's (`past_0_key`) through the package metadata the exporter writes.
-Elsewhere than macOS, opening a session is a one-line `BackendError`: CoreML prediction needs the
+Elsewhere than macOS, opening a session is a one-line `PlatformError`: CoreML prediction needs the
 Core ML framework.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from platforms import BackendError
+from platforms import PlatformError
 
 COMPUTE_UNITS = {"cpu": "CPU_ONLY", "gpu": "CPU_AND_GPU", "ane": "CPU_AND_NE", "npu": "CPU_AND_NE",
                  "all": "ALL", "auto": "ALL"}
@@ -33,26 +33,26 @@ _ARRAY_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "DOUBLE": np.floa
 
 
 def check_platform() -> None:
-    """BackendError unless this is macOS 14 or later."""
+    """PlatformError unless this is macOS 14 or later."""
     if sys.platform != "darwin":
-        raise BackendError(f"CoreML prediction needs macOS 14+; this is {platform.system() or sys.platform}")
+        raise PlatformError(f"CoreML prediction needs macOS 14+; this is {platform.system() or sys.platform}")
     release = tuple(int(part) for part in (platform.mac_ver()[0] or "0").split(".")[:2])
     if release < MIN_MACOS:
-        raise BackendError(f"CoreML prediction needs macOS 14+ for these ML Programs; this is macOS {platform.mac_ver()[0]}")
+        raise PlatformError(f"CoreML prediction needs macOS 14+ for these ML Programs; this is macOS {platform.mac_ver()[0]}")
 
 
 def _import():
     try:
         import coremltools
     except ImportError:
-        raise BackendError("the coreml target needs coremltools: pip install 'florence2-edge[coreml]'") from None
+        raise PlatformError("the coreml target needs coremltools: pip install 'florence2-edge[coreml]'") from None
     return coremltools
 
 
 class CoreMLSession:
     def __init__(self, path: Path, device: str = "cpu"):
         if device not in COMPUTE_UNITS:
-            raise BackendError(f"unknown device {device!r} for coreml; expected one of {', '.join(COMPUTE_UNITS)}")
+            raise PlatformError(f"unknown device {device!r} for coreml; expected one of {', '.join(COMPUTE_UNITS)}")
         check_platform()
         ct = _import()
         units = getattr(ct.ComputeUnit, COMPUTE_UNITS[device])
@@ -80,10 +80,10 @@ class CoreMLSession:
         inputs = {}
         for name, (coreml_name, shape, dtype) in self._inputs.items():
             if name not in feeds:
-                raise BackendError(f"{self.path.name}: missing input {name}")
+                raise PlatformError(f"{self.path.name}: missing input {name}")
             value = feeds[name]
             if value.shape != shape:
-                raise BackendError(f"{self.path.name}: expected shape {shape}, got {value.shape} for input {name}")
+                raise PlatformError(f"{self.path.name}: expected shape {shape}, got {value.shape} for input {name}")
             inputs[coreml_name] = np.ascontiguousarray(value, dtype=dtype)
         result = self._model.predict(inputs)
         return {name: np.asarray(result[self._outputs[name]], dtype=np.float32) for name in outputs or self.output_names}
@@ -120,5 +120,5 @@ def _device_kind(device) -> str:
 
 def open_session(path: Path, device: str = "cpu", **options) -> CoreMLSession:
     if options:
-        raise BackendError(f"the coreml backend takes no options; got {', '.join(options)}")
+        raise PlatformError(f"the coreml backend takes no options; got {', '.join(options)}")
     return CoreMLSession(path, device=device)

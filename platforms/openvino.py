@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from platforms import BackendError
+from platforms import PlatformError
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 # Our precision names -> OpenVINO's, and the OPTIMIZATION_CAPABILITIES entry a device must list.
@@ -37,7 +37,7 @@ def _import():
     try:
         import openvino
     except ImportError:
-        raise BackendError("the openvino target needs openvino: pip install 'florence2-edge[openvino]'") from None
+        raise PlatformError("the openvino target needs openvino: pip install 'florence2-edge[openvino]'") from None
     return openvino
 
 
@@ -57,32 +57,32 @@ def default_cache_dir() -> Path:
 
 
 def check_device(device: str) -> str:
-    """The OpenVINO device name for one of ours; BackendError if unknown or not present here."""
+    """The OpenVINO device name for one of ours; PlatformError if unknown or not present here."""
     if device not in DEVICES:
-        raise BackendError(f"unknown device {device!r} for openvino; expected one of {', '.join(DEVICES)}")
+        raise PlatformError(f"unknown device {device!r} for openvino; expected one of {', '.join(DEVICES)}")
     name = DEVICES[device]
     present = core().available_devices  # e.g. ["CPU", "GPU.0", "GPU.1", "NPU"]
     if name != "AUTO" and not any(d == name or d.startswith(name + ".") for d in present):
-        raise BackendError(f"device {device!r} is not available to OpenVINO on this machine; present: {', '.join(present)}")
+        raise PlatformError(f"device {device!r} is not available to OpenVINO on this machine; present: {', '.join(present)}")
     return name
 
 
 def compile_config(name: str, inference_precision: str | None, cache_dir, threads: int | None) -> dict:
-    """The compile options for device `name`; BackendError for a precision the device cannot run."""
+    """The compile options for device `name`; PlatformError for a precision the device cannot run."""
     config = {}
     precision = _ALIASES.get(inference_precision, inference_precision or "f32")
     if precision not in PRECISIONS:
-        raise BackendError(f"unknown inference_precision {inference_precision!r}; expected one of {', '.join(PRECISIONS)}")
+        raise PlatformError(f"unknown inference_precision {inference_precision!r}; expected one of {', '.join(PRECISIONS)}")
     hint, capability = PRECISIONS[precision]
     if name == "NPU":
         if inference_precision is not None and precision != "f16":
-            raise BackendError(f"the NPU computes in f16; inference_precision {inference_precision!r} is not available there")
+            raise PlatformError(f"the NPU computes in f16; inference_precision {inference_precision!r} is not available there")
     elif name == "AUTO":
         config["INFERENCE_PRECISION_HINT"] = hint  # passed on to the device AUTO picks
     else:
         capabilities = core().get_property(name, "OPTIMIZATION_CAPABILITIES")
         if capability not in capabilities:
-            raise BackendError(f"{name} cannot compute in {precision} here (it supports {', '.join(capabilities)})")
+            raise PlatformError(f"{name} cannot compute in {precision} here (it supports {', '.join(capabilities)})")
         config["INFERENCE_PRECISION_HINT"] = hint
     if name == "CPU":
         # OpenVINO 2026.4's CPU snippets (fused attention/eltwise kernels for dynamic shapes) compute
@@ -128,7 +128,7 @@ class OpenVINOSession:
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         for name, shape in self._fixed.items():
             if name in feeds and feeds[name].shape != shape:
-                raise BackendError(f"{self.path.name}: expected shape {shape}, got {feeds[name].shape} for input {name}")
+                raise PlatformError(f"{self.path.name}: expected shape {shape}, got {feeds[name].shape} for input {name}")
         # share_inputs: OpenVINO reads the caller's arrays in place (the static decoder's KV buffers
         # are megabytes per step); outputs are copied, since the next run overwrites its own.
         result = self._request.infer(feeds, share_inputs=True)

@@ -16,6 +16,8 @@ many minutes, and its fidelity was not measured: left for a later issue.
 from __future__ import annotations
 
 PRECISIONS = ("int8",)
+INT4_REFUSAL = ("CoreML int4 weights (constexpr_blockwise_shift_scale) need the iOS 18 / macOS 15 opset; "
+                "this target is macOS 14 / iOS 17 (use --int8)")
 WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors below it stay fp16
 
 

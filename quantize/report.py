@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-GRAPHS = ("vision_encoder", "embed_tokens", "encoder", "decoder")
+from runtime.contract import GRAPH_NAMES as GRAPHS
+from runtime.probes import sample_images
+
 DEFAULT_TASKS = ("<CAPTION>", "<OD>", "<OCR>")
 MODES = {"greedy": {"num_beams": 1}, "beams3": {"num_beams": 3}}
 
@@ -40,7 +42,7 @@ class ReportError(Exception):
 
 
 def load_pair(reference: Path, candidate: Path):
-    """Open both artifacts; refuse a pair that does not come from the same checkpoint and dims."""
+    """Open both artifacts; refuse a pair that does not come from the same checkpoint and contract."""
     from runtime import Florence2
     from runtime.errors import Florence2Error
 
@@ -51,82 +53,50 @@ def load_pair(reference: Path, candidate: Path):
         except Florence2Error as err:
             raise ReportError(f"--{role} {path}: {err}") from None
     ref, cand = (m.manifest for m in models)
-    for role, manifest, path in (("reference", ref, reference), ("candidate", cand, candidate)):
-        if getattr(manifest, "static", None):
-            raise ReportError(f"--{role} {path} is a static-shape (--static) artifact: the report compares "
-                              "dynamic-shape artifacts; export the same model without --static to judge a precision")
     if ref.source.get("model") != cand.source.get("model"):
         raise ReportError(f"the artifacts come from different checkpoints: {ref.source.get('model')!r} (reference) "
                           f"vs {cand.source.get('model')!r} (candidate)")
-    differing = sorted(k for k in set(ref.dims) | set(cand.dims) if ref.dims.get(k) != cand.dims.get(k))
-    if differing or ref.tokens != cand.tokens:
-        what = ", ".join(f"{k} {ref.dims.get(k)} vs {cand.dims.get(k)}" for k in differing) or "token ids"
-        raise ReportError(f"the artifacts have different model dims ({what}): not the same checkpoint")
+    if ref.contract != cand.contract:
+        differing = [f"{part} {getattr(ref.contract, part)} vs {getattr(cand.contract, part)}"
+                     for part in ("dims", "tokens", "static") if getattr(ref.contract, part) != getattr(cand.contract, part)]
+        raise ReportError(f"the artifacts have different graph contracts ({'; '.join(differing)}): "
+                          "not the same checkpoint and shapes; export both the same way (static or not)")
     return models
-
-
-def generated_images(count: int = 3) -> list:
-    """Noise plus a few rectangles, in a few sizes: different enough to steer a model differently."""
-    from export.embedded import sample_image
-
-    sizes = [(640, 480), (300, 500), (768, 768), (1024, 683)] * count
-    return [sample_image(seed, size) for seed, size in zip(range(count), sizes)]
 
 
 # ----------------------------------------------------------------------------------------- inputs
 
 
-def _kv(prefix: str, layers: int) -> list[str]:
-    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+def generated_cases(contract) -> dict[str, list[dict]]:
+    """The export's parity-gate inputs for every graph (runtime/probes.py)."""
+    from runtime.probes import graph_cases
+
+    return {name: graph_cases(contract, name) for name in GRAPHS}
 
 
-def _mask(lengths: list[int], total: int) -> np.ndarray:
-    return (np.arange(total)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-
-
-def generated_cases(dims: dict, seed: int = 0) -> dict[str, list[dict]]:
-    """Inputs like the export's parity gate: batch 2, two prompt lengths, a padded row, decoder steps
-    with an empty and a filled cache, 1 and 3 beams."""
-    rng = np.random.default_rng(seed)
-    normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
-    layers, heads, head_dim = dims["decoder_layers"], dims["decoder_heads"], dims["head_dim"]
-    full = [dims["image_tokens"] + n for n in (3, 9)]
-    cases = {
-        "vision_encoder": [{"pixel_values": normal(2, 3, *dims["image_size"])}],
-        "embed_tokens": [{"input_ids": rng.integers(0, dims["tokenizer_size"], (2, n), dtype=np.int64)} for n in (3, 9)],
-        "encoder": [{"inputs_embeds": normal(2, total, dims["d_model"]), "attention_mask": _mask([total, full[0]], total)}
-                    for total in full],
-        "decoder": [],
-    }
-    for beams, past in ((1, 0), (3, 5)):
-        rows, total = 2 * beams, full[1]
-        case = {"input_ids": rng.integers(0, dims["tokenizer_size"], (rows, 1), dtype=np.int64),
-                "encoder_attention_mask": _mask([total, full[0]], total)}
-        case.update({n: normal(rows, heads, past, head_dim) for n in _kv("past", layers)})
-        case.update({n: normal(2, heads, total, head_dim) for n in _kv("cross", layers)})
-        cases["decoder"].append(case)
-    return cases
-
-
-def chain(model, images: list, task: str) -> tuple[dict[str, dict], np.ndarray]:
-    """One artifact's whole chain on a batch: the feeds each graph got, and the first step's logits."""
+def chain(model, images: list, task: str) -> tuple[dict[str, list[dict]], np.ndarray]:
+    """One artifact's whole chain on a batch, through the runtime's own encode and decoder step: the
+    feeds each graph got (one entry per run), and the first step's logits."""
+    from runtime.model import Request
     from runtime.prompts import build_prompt
 
-    dims, s = model.manifest.dims, model.sessions
-    pixels = model.preprocessor(images)
-    features = s["vision_encoder"].run({"pixel_values": pixels})["image_features"]
-    ids, prompt_mask = model.tokenizer.encode_batch([build_prompt(task, None, model.tasks)] * len(images))
-    embeds = s["embed_tokens"].run({"input_ids": ids})["inputs_embeds"]
-    mask = np.concatenate([np.ones(features.shape[:2], dtype=np.int64), prompt_mask], axis=1)
-    encoder = {"inputs_embeds": np.concatenate([features, embeds], axis=1), "attention_mask": mask}
-    cross = {k: v for k, v in s["encoder"].run(encoder).items() if k.startswith("cross.")}
-    empty = np.zeros((len(images), dims["decoder_heads"], 0, dims["head_dim"]), dtype=np.float32)
-    decoder = {"input_ids": np.full((len(images), 1), model.manifest.tokens["decoder_start"], dtype=np.int64),
-               "encoder_attention_mask": mask, **{n: empty for n in _kv("past", dims["decoder_layers"])}, **cross}
-    logits = s["decoder"].run(decoder)["logits"][:, -1, :]
-    feeds = {"vision_encoder": {"pixel_values": pixels}, "embed_tokens": {"input_ids": ids},
-             "encoder": encoder, "decoder": decoder}
-    return feeds, logits
+    prompt = build_prompt(task, None, model.tasks)
+    ids = model.tokenizer.encode(prompt)
+    request = Request(list(images), [task] * len(images), [prompt] * len(images), [ids] * len(images))
+    # The decode plan of Florence2._generate: a static artifact's graphs take one image at a time.
+    parts = [[i] for i in range(len(images))] if model.contract.static else [list(range(len(images)))]
+    feeds: dict[str, list[dict]] = {name: [] for name in GRAPHS}
+    logits = []
+    for indices in parts:
+        record: dict = {}
+        cross, mask = model.encode(request.part(indices), record=record)
+        step = model.make_step(cross, mask)
+        start = np.full((len(indices), 1), model.rules.decoder_start_token_id, dtype=np.int64)
+        feeds["decoder"].append({k: v.copy() for k, v in step.feeds(start).items()})  # step() writes buffers in place
+        logits.append(step(start))
+        for name, value in record.items():
+            feeds[name].append(value)
+    return feeds, np.concatenate(logits)
 
 
 # ------------------------------------------------------------------------------------- measuring
@@ -139,28 +109,26 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_graphs(ref, cand, cases: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per graph: the least cosine and the largest abs error over its outputs and cases."""
+    """Per graph: the least cosine and the largest abs error over its outputs and cases (both
+    artifacts share one contract, so every case fits both)."""
     result = {}
     for name, feeds_list in cases.items():
         worst = {"min_cosine": 1.0, "max_abs_error": 0.0, "worst_output": None, "cases": 0}
-        try:
-            for feeds in feeds_list:
-                want, got = ref.sessions[name].run(feeds), cand.sessions[name].run(feeds)
-                for output, value in want.items():
-                    cos = cosine(got[output], value) if got[output].shape == value.shape else -1.0
-                    err = float(np.max(np.abs(got[output].astype(np.float64) - value))) if value.size and cos > -1 else 0.0
-                    if cos < worst["min_cosine"]:
-                        worst.update(min_cosine=cos, worst_output=output)
-                    worst["max_abs_error"] = max(worst["max_abs_error"], err)
-                worst["cases"] += 1
-        except Exception as err:  # a graph with other inputs (a static variant): say so, go on
-            worst = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+        for feeds in feeds_list:
+            want, got = ref.graphs[name].run(feeds), cand.graphs[name].run(feeds)
+            for output, value in want.items():
+                cos = cosine(got[output], value)
+                err = float(np.max(np.abs(got[output].astype(np.float64) - value))) if value.size else 0.0
+                if cos < worst["min_cosine"]:
+                    worst.update(min_cosine=cos, worst_output=output)
+                worst["max_abs_error"] = max(worst["max_abs_error"], err)
+            worst["cases"] += 1
         result[name] = worst
     return result
 
 
 def _valid_vocab(model) -> int:
-    return model.manifest.dims.get("tokenizer_size") or model.manifest.dims["vocab_size"]
+    return model.manifest.dims.tokenizer_size
 
 
 def image_fidelity(ref, cand, images: list, tasks: list[str]) -> tuple[dict[str, list[dict]], float]:
@@ -175,7 +143,7 @@ def image_fidelity(ref, cand, images: list, tasks: list[str]) -> tuple[dict[str,
         total += len(images)
         for name in GRAPHS:  # the image graph once: it does not depend on the task
             if name != "vision_encoder" or index == 0:
-                cases[name].append(feeds[name])
+                cases[name].extend(feeds[name])
     return cases, agree / total
 
 
@@ -198,15 +166,16 @@ def token_agreement(ref, cand, images: list, tasks: list[str], max_new_tokens: i
 
 def artifact_bytes(model) -> int:
     """Every file the manifest lists: graphs and the files beside them (shared weights, tokenizer)."""
-    manifest = model.manifest
-    return sum(g["bytes"] for g in manifest.graphs.values()) + sum(f["bytes"] for f in manifest.files.values())
+    from runtime.manifest import listed_files
+
+    return sum(r.bytes for r in listed_files(model.manifest).values())
 
 
 def shared_bytes(model) -> int:
     """Files beside the graphs other than the tokenizer: weights several graphs share (or external data)."""
     from runtime.manifest import TOKENIZER_NAME
 
-    return sum(f["bytes"] for name, f in model.manifest.files.items() if name != TOKENIZER_NAME)
+    return sum(f.bytes for name, f in model.manifest.files.items() if name != TOKENIZER_NAME)
 
 
 def speed(ref, cand, image, task: str, max_new_tokens: int, repeats: int) -> dict:
@@ -227,13 +196,13 @@ def speed(ref, cand, image, task: str, max_new_tokens: int, repeats: int) -> dic
 def build_report(reference: Path, candidate: Path, images: list | None = None, tasks: list[str] | None = None,
                  max_new_tokens: int = 20, repeats: int = 3) -> dict:
     ref, cand = load_pair(reference, candidate)
-    images = images or generated_images()
+    images = images or sample_images()
     tasks = list(tasks or DEFAULT_TASKS)
     unknown = [t for t in tasks if t not in ref.tasks]
     if unknown:
         raise ReportError(f"unknown task {unknown[0]!r}; the artifact knows {', '.join(ref.tasks)}")
     image_cases, top1 = image_fidelity(ref, cand, images, tasks)
-    generated = compare_graphs(ref, cand, generated_cases(ref.manifest.dims))
+    generated = compare_graphs(ref, cand, generated_cases(ref.contract))
     on_images = compare_graphs(ref, cand, image_cases)
     sizes = (artifact_bytes(ref), artifact_bytes(cand))
     return {
@@ -241,8 +210,8 @@ def build_report(reference: Path, candidate: Path, images: list | None = None, t
         "candidate": _describe(cand, candidate, sizes[1]),
         "images": len(images), "tasks": tasks, "max_new_tokens": max_new_tokens,
         "graphs": {name: {"generated": generated[name], "images": on_images[name],
-                          "reference_bytes": ref.manifest.graphs[name]["bytes"],
-                          "candidate_bytes": cand.manifest.graphs[name]["bytes"]} for name in GRAPHS},
+                          "reference_bytes": ref.manifest.graphs[name].bytes,
+                          "candidate_bytes": cand.manifest.graphs[name].bytes} for name in GRAPHS},
         "first_step_top1": top1,
         "tokens": token_agreement(ref, cand, images, tasks, max_new_tokens),
         "size_ratio": sizes[1] / sizes[0],

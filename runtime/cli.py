@@ -2,8 +2,9 @@
 
     python -m runtime --model ARTIFACT photo.jpg photos/ --task "<OD>" [--annotate out/]
 
-stdout carries only JSON lines: `{"image", "task", "result", "seconds"}` for an answer, `{"image",
-"task", "error"}` for an image that cannot be read (also told on stderr as `runtime: error: ...`).
+stdout carries only JSON lines (runtime/records.py): `{"image", "task", "result", "seconds",
+"image_size"}` for an answer, `{"image", "task", "error"}` for an image that cannot be read (also told
+on stderr as `runtime: error: ...`).
 Exit status: 0 all images answered, 1 some image failed, 2 bad arguments or artifact (nothing run).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .errors import Florence2Error
 from .images import is_image_file, load_image
+from .records import error_record, result_record
 
 PROG = "runtime"
 
@@ -95,7 +97,7 @@ def _emit(record: dict) -> None:
 
 
 def _fail(path: Path, task: str, message: str) -> None:
-    _emit({"image": str(path), "task": task, "error": message})
+    _emit(error_record(str(path), task, message))
     where = "" if str(path) in message else f"{path}: "  # load_image's messages already name it
     print(f"{PROG}: error: {where}{message}", file=sys.stderr, flush=True)
 
@@ -159,7 +161,7 @@ def _run_batches(model, loaded: list, args, overrides: dict) -> int:
             failed += len(batch)
             continue
         # A batch is one computation: each image is charged its share of the batch's time.
-        seconds = round((time.perf_counter() - began) / len(batch), 4)
+        seconds = (time.perf_counter() - began) / len(batch)
         for (path, image), run in zip(batch, results):
             result = run.answer[args.task]
             if args.annotate is not None:
@@ -170,10 +172,8 @@ def _run_batches(model, loaded: list, args, overrides: dict) -> int:
                     _fail(path, args.task, f"cannot write {target}: {err}")
                     failed += 1
                     continue
-            record = {"image": str(path), "task": args.task, "result": result, "seconds": seconds}
-            if args.ids:
-                record["ids"] = run.ids
-            _emit(record)
+            _emit(result_record(str(path), args.task, result, seconds, run.image_size,
+                                **({"ids": run.ids} if args.ids else {})))
     return failed
 
 

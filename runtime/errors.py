@@ -21,3 +21,8 @@ class TaskError(Florence2Error):
 
 class ArtifactError(Florence2Error):
     """An exported artifact (manifest, graph, config) is missing, malformed or unsupported."""
+
+
+class BackendError(Florence2Error):
+    """The inference backend cannot run a graph: its package is missing, the device is not there, or
+    the graph failed or produced values that are not finite."""

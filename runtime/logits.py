@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .generation import GenerationOptions
+from .generation import GenerationOptions, TokenRules
 
 NEG_INF = np.float32(-np.inf)
 
@@ -139,7 +139,7 @@ class ProcessorChain(LogitsProcessor):
         return scores
 
 
-def build_processors(options: GenerationOptions) -> ProcessorChain:
+def build_processors(options: GenerationOptions, rules: TokenRules) -> ProcessorChain:
     """The processors `options` asks for, in transformers' `_get_logits_processor` order."""
     prompt_len = 1  # the decoder prompt is the decoder start token alone
     max_length = prompt_len + options.max_new_tokens
@@ -148,11 +148,11 @@ def build_processors(options: GenerationOptions) -> ProcessorChain:
         chain.append(NoRepeatNGram(options.no_repeat_ngram_size))
     if options.min_new_tokens > 0:
         # transformers adds MinLength(min_new_tokens + 1) and MinNewTokens(1, min_new_tokens): the same mask.
-        chain.append(MinNewTokens(options.min_new_tokens, options.eos_token_id, prompt_len))
+        chain.append(MinNewTokens(options.min_new_tokens, rules.eos_token_id, prompt_len))
     if options.forced_bos_token_id is not None:
         chain.append(ForcedToken(options.forced_bos_token_id, at_length=prompt_len))
     if options.forced_eos_token_id is not None:
         chain.append(ForcedToken(options.forced_eos_token_id, at_length=max_length - 1))
-    if options.vocab_size is not None:
-        chain.append(SuppressFrom(options.vocab_size))
+    if rules.vocab_size is not None:
+        chain.append(SuppressFrom(rules.vocab_size))
     return ProcessorChain(chain)

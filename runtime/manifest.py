@@ -1,68 +1,181 @@
 """The artifact manifest: the one schema both sides share (export writes it, the runtime reads it).
 
-An artifact folder holds `manifest.json`, `tokenizer.json` and one file per graph. The manifest
-carries everything the runtime needs, so it never looks at the source checkpoint:
+An artifact folder holds `manifest.json`, `tokenizer.json` and the graph files. The manifest is a
+frozen `Manifest` serialized as JSON; `read_manifest` rebuilds it field by field (runtime/schema.py),
+so a malformed one fails at load with one line naming the field, never later inside a backend:
 
-    format_version   int, bumped on any incompatible change; a newer one is refused by older runtimes
-    target           "onnx" | "openvino" | "coreml";   precision  "fp32" | "fp16" | "int8" | ...
-    source           where the weights came from and with which tools
-    dims             d_model, vocab_size (embedding rows), tokenizer_size, encoder/decoder layers,
-                     decoder_heads, head_dim, image_tokens, image_size [h, w], max_positions
-    tokens           bos, eos, pad, decoder_start, unk, image, first_loc ids
-    generation       the checkpoint's generation defaults (num_beams, no_repeat_ngram_size, ...)
-    preprocessing    the image processor's settings (size, resample, rescale, mean, std, ...)
-    tasks            {token: {"prompt": ..., "parse_type": ...}};  post_processing  parse settings
-    graphs           {name: {"file", "sha256", "bytes", "inputs": {name: {"dtype", "shape"}},
-                     "outputs": {...}, "parity": {...}}}, plus "weights": {"file", "sha256", "bytes"}
-                     where the graph keeps its weights in a second file (OpenVINO's .bin); a folder
-                     graph (CoreML's .mlpackage) has "files": {relative path: {"sha256", "bytes"}}
-                     instead of "sha256", and "bytes" is their total
-    files            {"tokenizer.json": {"sha256", "bytes"}}
-    static           null, or the fixed shapes of a static-shape artifact (export/static_graphs.py):
-                     {"batch", "beams", "prompt_bucket", "max_decode"}
+    format_version   FORMAT_VERSION; older ones are refused (export again), newer ones too (upgrade)
+    target           "onnx" | "openvino" | "coreml";   precision  "fp32" | "fp16" | "int8" | "int4"
+    source           where the weights came from and with which tools (free-form)
+    dims, tokens     the graph contract (runtime/contract.py): widths, image size and tokens, ids
+    static           null, or the fixed shapes of a static-shape artifact (a StaticLayout)
+    generation       the checkpoint's generation defaults (GenerationDefaults)
+    preprocessing    the image processor's settings (runtime/preprocess.py reads them)
+    tasks            {token: {"prompt", "parse_type"}}: the task table prompts and parsing both use
+    post_processing  the parse settings per parse type (the processor's post_processor_config)
+    graphs           {name: GraphRecord}: file, sha256, bytes, I/O {name: {"dtype", "shape"}} as the
+                     contract derives it, parity figures, OpenVINO's weights file, other variants
+    files            {name: FileRecord}: the tokenizer and files beside the graphs (shared weights)
+    checksum         sha256 of every other field: an edited manifest is refused at load
+                     (`python -m runtime.manifest seal FOLDER` re-seals a deliberate edit)
+
+Other features add optional fields (a default of None) rather than changing these; a runtime that
+does not know a field refuses the manifest, naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+from functools import cached_property
 from pathlib import Path
 
+from .contract import GRAPH_NAMES, Contract, Dims, StaticLayout, TokenIds
+from .defaults import default_options, token_rules
 from .errors import ArtifactError
+from .schema import SchemaError, build, to_json_value
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "encoder", "decoder")
+TARGETS = ("onnx", "openvino", "coreml")
+__all__ = ["GRAPH_NAMES", "FORMAT_VERSION", "Manifest", "read_manifest", "file_record", "sha256_of"]
 
 
-@dataclass
+@dataclass(frozen=True)
+class FileRecord:
+    bytes: int
+    sha256: str | None = None  # None for a folder (a CoreML .mlpackage): its files are hashed instead
+    files: dict[str, FileRecord] | None = None
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A named file of a graph: OpenVINO's weights, or another form of the same graph."""
+
+    file: str
+    bytes: int
+    sha256: str | None = None
+    files: dict[str, FileRecord] | None = None
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    dtype: str
+    shape: tuple[int | str, ...]
+    coreml_name: str | None = None  # CoreML renames `past.0.key` to `past_0_key`
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    file: str
+    bytes: int
+    inputs: dict[str, TensorRecord]
+    outputs: dict[str, TensorRecord]
+    parity: dict
+    sha256: str | None = None
+    files: dict[str, FileRecord] | None = None
+    weights: FileRef | None = None
+    variants: dict[str, FileRef] = field(default_factory=dict)  # e.g. {"ort": ...}: the same graph, other format
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The checkpoint's generation config, as transformers names it (null: not set)."""
+
+    num_beams: int | None = None
+    no_repeat_ngram_size: int | None = None
+    early_stopping: bool | str | None = None
+    length_penalty: float | None = None
+    max_length: int | None = None
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None
+    decoder_start_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    prompt: str  # "{input}" marks where a task's text goes
+    parse_type: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     target: str
     precision: str
     source: dict
-    dims: dict
-    tokens: dict
-    generation: dict
+    dims: Dims
+    tokens: TokenIds
+    generation: GenerationDefaults
     preprocessing: dict
-    tasks: dict
+    tasks: dict[str, TaskRecord]
     post_processing: dict
-    graphs: dict = field(default_factory=dict)
-    files: dict = field(default_factory=dict)
+    graphs: dict[str, GraphRecord] = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    static: StaticLayout | None = None
     format_version: int = FORMAT_VERSION
-    static: dict | None = None
+    checksum: str | None = None
+    _explicit_nulls: ClassVar[tuple[str, ...]] = ("static",)  # "static": null says "dynamic shapes"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
-
-    def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / MANIFEST_NAME
-        path.write_text(self.to_json(), encoding="utf-8")
-        return path
+    @cached_property
+    def contract(self) -> Contract:
+        return Contract(self.dims, self.tokens, self.static)
 
     def graph_path(self, folder: str | Path, name: str) -> Path:
-        return Path(folder) / self.graphs[name]["file"]
+        return Path(folder) / self.graphs[name].file
+
+    def to_dict(self) -> dict:
+        return to_json_value(self)
+
+    def sealed(self) -> Manifest:
+        """A copy whose checksum covers its other fields."""
+        return replace(self, checksum=body_checksum(self.to_dict()))
+
+    def write(self, folder: str | Path) -> Path:
+        """Seal and write manifest.json: a temporary file, flushed to disk, renamed into place."""
+        path = Path(folder) / MANIFEST_NAME
+        text = json.dumps(self.sealed().to_dict(), indent=2) + "\n"
+        write_durably(path, text.encode("utf-8"))
+        return path
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` at `path`, never half-written: a sibling temporary file, fsync, rename, fsync the folder."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def body_checksum(data: dict) -> str:
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def sha256_of(path: str | Path) -> str:
@@ -78,20 +191,21 @@ def sha256_of(path: str | Path) -> str:
 _REWRITTEN_ON_OPEN = {"Manifest.json"}
 
 
-def file_record(path: str | Path) -> dict:
-    """{"sha256", "bytes"} of a file; of a folder graph (a CoreML .mlpackage), {"bytes": total,
-    "files": {relative path: {"sha256", "bytes"}}} over every file in it but its index."""
+def file_record(path: str | Path) -> FileRecord:
+    """sha256 and size of a file; of a folder graph (a CoreML .mlpackage), the total size and a
+    record per file in it but its index."""
     path = Path(path)
     if path.is_dir():
         files = {p.relative_to(path).as_posix(): file_record(p) for p in sorted(path.rglob("*"))
                  if p.is_file() and p.relative_to(path).as_posix() not in _REWRITTEN_ON_OPEN}
-        return {"bytes": sum(r["bytes"] for r in files.values()), "files": files}
-    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+        return FileRecord(bytes=sum(r.bytes for r in files.values()), files=files)
+    return FileRecord(bytes=path.stat().st_size, sha256=sha256_of(path))
 
 
 def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
-    """Load and check an artifact's manifest. With `verify`, every listed file must exist and match
-    its sha256 (a truncated copy or a swapped graph fails here, not as garbage output later)."""
+    """Load and check an artifact's manifest. With `verify`, the manifest's checksum must match and
+    every listed file must exist and match its sha256 (a truncated copy, a swapped graph or an edited
+    setting fails here, not as garbage output later)."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
@@ -101,39 +215,155 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ArtifactError(f"cannot read {path}: {err}") from None
-    version = data.get("format_version")
-    if not isinstance(version, int):
-        raise ArtifactError(f"{path} has no integer format_version")
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} has format_version {version}, this runtime reads up to {FORMAT_VERSION}: upgrade florence2-edge"
-        )
+        raise ArtifactError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+    _check_version(data, path)
     try:
-        manifest = Manifest(**data)
-    except TypeError as err:
+        manifest = build(Manifest, data, "manifest")
+    except SchemaError as err:
         raise ArtifactError(f"{path} does not match the manifest schema: {err}") from None
-    missing = [name for name in GRAPH_NAMES if name not in manifest.graphs]
-    if missing:
-        raise ArtifactError(f"{path} lists no graph for {', '.join(missing)}")
+    if verify and manifest.checksum != body_checksum(data):
+        raise ArtifactError(f"{path} was changed after export (its checksum does not match): export again, or, "
+                            f"if the edit was deliberate, re-seal it with `python -m runtime.manifest seal {folder}`")
+    check_manifest(manifest, path)
     if verify:
         verify_files(folder, manifest)
     return manifest
 
 
-def verify_files(folder: Path, manifest: Manifest) -> None:
-    records = {g["file"]: g for g in manifest.graphs.values()}
-    records.update({g["weights"]["file"]: g["weights"] for g in manifest.graphs.values() if "weights" in g})
+def _check_version(data, path: Path) -> None:
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} does not match the manifest schema: expected a JSON object, got {type(data).__name__}")
+    version = data.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ArtifactError(f"{path} has no valid format_version (a positive integer); got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {version}, this runtime reads {FORMAT_VERSION}: upgrade florence2-edge")
+    if version < FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {version}, written by an older florence2-edge; this runtime "
+                            f"reads {FORMAT_VERSION}: export the model again")
+
+
+def listed_files(manifest: Manifest) -> dict[str, FileRecord | GraphRecord | FileRef]:
+    """Every file the manifest records, by its path in the artifact folder (folder graphs expanded)."""
+    records: dict = {g.file: g for g in manifest.graphs.values()}
+    for graph in manifest.graphs.values():
+        if graph.weights is not None:
+            records[graph.weights.file] = graph.weights
+        records.update({ref.file: ref for ref in graph.variants.values()})
     records.update(manifest.files)
-    for name, record in list(records.items()):
-        if "files" in record:  # a folder graph: each file in it is checked like a graph file
-            if not (folder / name).is_dir():
-                raise ArtifactError(f"artifact {folder} is missing {name}")
-            del records[name]
-            records.update({f"{name}/{inner}": r for inner, r in record["files"].items()})
+    expanded = {}
     for name, record in records.items():
+        if record.files is not None:  # a folder: each file in it is checked like a graph file
+            expanded.update({f"{name}/{inner}": r for inner, r in record.files.items()})
+        else:
+            expanded[name] = record
+    return expanded
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    for name, record in listed_files(manifest).items():
         path = folder / name
         if not path.is_file():
             raise ArtifactError(f"artifact {folder} is missing {name}")
-        if path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
+        if path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
             raise ArtifactError(f"{path} does not match its sha256 in the manifest: the artifact is damaged; export it again")
+
+
+def check_manifest(manifest: Manifest, path: Path) -> None:
+    """The facts the schema's types cannot express: known target, parse types and preprocessing, ids
+    inside the vocabulary, graphs whose I/O is what the contract derives from the dims. ArtifactError
+    naming the first field that is wrong."""
+    problem = _first_problem(manifest)
+    if problem:
+        raise ArtifactError(f"{path}: {problem}")
+
+
+def _first_problem(m: Manifest) -> str | None:
+    from .postprocess import PARSERS
+    from .preprocess import Preprocessor
+
+    if m.target not in TARGETS:
+        return f"target: expected one of {', '.join(TARGETS)}, got {m.target!r}"
+    dims = m.dims
+    sizes = {k: v for k, v in vars(dims).items() if k != "image_size"}
+    bad = [k for k, v in sizes.items() if v < 1] + (["image_size"] if min(dims.image_size) < 1 else [])
+    if bad:
+        return f"dims.{bad[0]}: expected a positive size, got {getattr(dims, bad[0])!r}"
+    if dims.tokenizer_size > dims.vocab_size:
+        return f"dims.tokenizer_size: {dims.tokenizer_size} is more than the {dims.vocab_size} embedding rows"
+    for name, value in vars(m.tokens).items():
+        if not 0 <= value < dims.tokenizer_size:
+            return f"tokens.{name}: expected an id below tokenizer_size {dims.tokenizer_size}, got {value}"
+    try:
+        preprocessor = Preprocessor.from_config(m.preprocessing)
+    except ArtifactError as err:
+        return f"preprocessing: {err}"
+    if (preprocessor.height, preprocessor.width) != tuple(dims.image_size):
+        return (f"preprocessing.size {preprocessor.height}x{preprocessor.width} differs from dims.image_size "
+                f"{dims.image_size[0]}x{dims.image_size[1]}")
+    for token, task in m.tasks.items():
+        if task.parse_type not in PARSERS:
+            return f"tasks.{token}.parse_type: expected one of {', '.join(PARSERS)}, got {task.parse_type!r}"
+        if task.parse_type not in m.post_processing:
+            return f"post_processing: no settings for parse type {task.parse_type!r} (task {token})"
+    if m.static is not None and m.static.problems(dims):
+        return f"static: {m.static.problems(dims)[0]}"
+    try:
+        token_rules(m), default_options(m)
+    except ArtifactError as err:
+        return str(err).removeprefix("manifest ")
+    return _graph_problem(m)
+
+
+def _graph_problem(m: Manifest) -> str | None:
+    if sorted(m.graphs) != sorted(GRAPH_NAMES):
+        return f"graphs: expected {', '.join(GRAPH_NAMES)}, got {', '.join(m.graphs) or 'none'}"
+    for name, io in m.contract.graphs.items():
+        record = m.graphs[name]
+        for kind, tensors in (("inputs", io.inputs), ("outputs", io.outputs)):
+            recorded = getattr(record, kind)
+            if list(recorded) != [t.name for t in tensors]:
+                return (f"graphs.{name}.{kind}: expected {', '.join(t.name for t in tensors)} for these dims, "
+                        f"got {', '.join(recorded)}")
+            for tensor in tensors:
+                if tuple(recorded[tensor.name].shape) != tensor.shape:
+                    return (f"graphs.{name}.{kind}.{tensor.name}.shape: expected {list(tensor.shape)} for these "
+                            f"dims, got {list(recorded[tensor.name].shape)}")
+    return None
+
+
+def seal(folder: str | Path) -> Path:
+    """Re-seal a deliberately edited manifest: the edit is checked against the schema, then its
+    checksum is recomputed. Files are not re-hashed (a changed graph still fails at load)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+    _check_version(data, path)
+    try:
+        manifest = build(Manifest, data, "manifest")
+    except SchemaError as err:
+        raise ArtifactError(f"{path} does not match the manifest schema: {err}") from None
+    check_manifest(manifest, path)
+    return manifest.write(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runtime.manifest seal FOLDER`: re-seal a deliberately edited manifest."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "seal":
+        print("usage: python -m runtime.manifest seal ARTIFACT_FOLDER", file=sys.stderr)
+        return 2
+    try:
+        path = seal(argv[1])
+    except ArtifactError as err:
+        print(f"runtime.manifest: error: {err}", file=sys.stderr)
+        return 2
+    print(f"sealed {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

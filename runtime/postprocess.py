@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG, TASKS
+from .tasks import DEFAULT_POST_PROCESSOR_CONFIG, TASKS, Task
 
 Size = tuple[int, int]  # (width, height), the order transformers' dequantize unpacks
 Parser = Callable[[str, Size, dict], Any]
@@ -181,14 +181,18 @@ PARSERS: dict[str, Parser] = {
 }
 
 
-def parse(text: str, task: str, image_size: Size, config: dict | None = None) -> dict:
+def parse(text: str, task: str, image_size: Size, config: dict | None = None,
+          tasks: Mapping[str, Task] | None = None) -> dict:
     """Return `{task: answer}` for the decoded `text` (special tokens kept) of an image of `image_size`.
 
     `image_size` is (width, height). `config` is the processor's `post_processor_config`; like
-    transformers, a parse type missing from it is an error. An unknown task parses as pure text.
+    transformers, a parse type missing from it is an error. `tasks` is the task table to read the
+    parse type from (a loaded model passes its artifact's; default: Florence-2's own). An unknown task
+    parses as pure text, as in transformers.
     """
     config = DEFAULT_POST_PROCESSOR_CONFIG if config is None else config
-    parse_type = TASKS[task].parse_type if task in TASKS else "pure_text"
+    tasks = TASKS if tasks is None else tasks
+    parse_type = tasks[task].parse_type if task in tasks else "pure_text"
     if parse_type not in config:
         raise ValueError(f"Unsupported parse task: {parse_type!r}; the post-processor config has {sorted(config)}")
     if parse_type not in PARSERS:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .generation import GenerationOptions, verify_options
+from .generation import GenerationOptions, TokenRules, verify_options
 from .logits import ProcessorChain, build_processors
 
 # transformers' "never pick this" offset for beam scores (a finite -1e9, not -inf).
@@ -123,14 +123,14 @@ class TokenDecoder:
 class GreedyDecoder(TokenDecoder):
     """transformers `_sample` with do_sample=False: argmax of the processed logits."""
 
-    def __init__(self, options: GenerationOptions, processors: ProcessorChain):
-        self.options = options
+    def __init__(self, options: GenerationOptions, rules: TokenRules, processors: ProcessorChain):
+        self.options, self.rules = options, rules
         self.processors = processors
         self.max_length = _PROMPT_LEN + options.max_new_tokens
 
     def reset(self, batch_size: int) -> None:
-        self.tokens = np.full((batch_size, self.max_length), self.options.pad_token_id, dtype=np.int64)
-        self.tokens[:, 0] = self.options.decoder_start_token_id
+        self.tokens = np.full((batch_size, self.max_length), self.rules.pad_token_id, dtype=np.int64)
+        self.tokens[:, 0] = self.rules.decoder_start_token_id
         self.cur_len = _PROMPT_LEN
         self.unfinished = np.ones(batch_size, dtype=bool)
         self.done = False
@@ -142,10 +142,10 @@ class GreedyDecoder(TokenDecoder):
     def update(self, logits: np.ndarray) -> None:
         scores = self.processors.apply(self.tokens[:, :self.cur_len], logits)
         # np.argmax, like torch.argmax, returns the first of equal maxima.
-        next_tokens = np.where(self.unfinished, np.argmax(scores, axis=-1), self.options.pad_token_id)
+        next_tokens = np.where(self.unfinished, np.argmax(scores, axis=-1), self.rules.pad_token_id)
         self.tokens[:, self.cur_len] = next_tokens
         self.cur_len += 1
-        self.unfinished &= next_tokens != self.options.eos_token_id
+        self.unfinished &= next_tokens != self.rules.eos_token_id
         self.done = not self.unfinished.any() or self.cur_len >= self.max_length
         return None
 
@@ -162,21 +162,21 @@ class BeamSearchDecoder(TokenDecoder):
     for the finished slots with score sum_logprobs / generated_len ** length_penalty.
     """
 
-    def __init__(self, options: GenerationOptions, processors: ProcessorChain):
-        self.options = options
+    def __init__(self, options: GenerationOptions, rules: TokenRules, processors: ProcessorChain):
+        self.options, self.rules = options, rules
         self.processors = processors
         self.k = options.num_beams
         self.max_length = _PROMPT_LEN + options.max_new_tokens
         # transformers fills with `pad_token_id or eos_token_id`: a pad id of 0 is falsy there,
         # so beam outputs are then padded with EOS (greedy outputs still use pad_token_id).
-        self.fill = options.pad_token_id or options.eos_token_id
+        self.fill = rules.pad_token_id or rules.eos_token_id
 
     def reset(self, batch_size: int) -> None:
         b, k, m = batch_size, self.k, self.max_length
         self.batch_size = b
         self._rows = np.arange(b)[:, None]  # with a [b, j] index array: picks along the beam axis
         self.running = np.full((b, k, m), self.fill, dtype=np.int64)
-        self.running[:, :, 0] = self.options.decoder_start_token_id
+        self.running[:, :, 0] = self.rules.decoder_start_token_id
         # Only beam 0 starts live, so the first step does not pick the same token K times.
         self.running_scores = np.full((b, k), _BIG_NEG, dtype=np.float32)
         self.running_scores[:, 0] = 0.0
@@ -202,7 +202,7 @@ class BeamSearchDecoder(TokenDecoder):
         source, tokens = np.divmod(flat_idx, vocab)
         candidates = self.running[self._rows, source]  # [b, 2k, max_length]
         candidates[:, :, cur] = tokens
-        stops = (tokens == self.options.eos_token_id) | (cur + 1 >= self.max_length)
+        stops = (tokens == self.rules.eos_token_id) | (cur + 1 >= self.max_length)
 
         # Stopped candidates cannot keep running: push them below every live one.
         live_scores = scores + stops.astype(np.float32) * _BIG_NEG
@@ -259,16 +259,16 @@ class BeamSearchDecoder(TokenDecoder):
         return self.finished[:, 0, :width].copy()
 
 
-def make_decoder(options: GenerationOptions) -> TokenDecoder:
-    processors = build_processors(options)
+def make_decoder(options: GenerationOptions, rules: TokenRules) -> TokenDecoder:
+    processors = build_processors(options, rules)
     if options.num_beams == 1:
-        return GreedyDecoder(options, processors)
-    return BeamSearchDecoder(options, processors)
+        return GreedyDecoder(options, rules, processors)
+    return BeamSearchDecoder(options, rules, processors)
 
 
-def _check_logits(logits: np.ndarray, rows: int, options: GenerationOptions) -> np.ndarray:
+def _check_logits(logits: np.ndarray, rows: int, options: GenerationOptions, rules: TokenRules) -> np.ndarray:
     """Validates the step model's output; returns an owned float32 copy (processors write into it)."""
-    needed = 1 + max(i for i in (options.eos_token_id, options.forced_bos_token_id,
+    needed = 1 + max(i for i in (rules.eos_token_id, options.forced_bos_token_id,
                                  options.forced_eos_token_id) if i is not None)
     shape = getattr(logits, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != rows or shape[1] < needed:
@@ -277,18 +277,24 @@ def _check_logits(logits: np.ndarray, rows: int, options: GenerationOptions) -> 
     return np.array(logits, dtype=np.float32)
 
 
-def decode(step: StepModel, batch_size: int, options: GenerationOptions) -> np.ndarray:
-    """Returns int64 [batch_size, L]: exactly `model.generate(...)` for the same options
-    (decoder_start_token_id first, rows padded as transformers pads them)."""
-    verify_options(options)
+def decode(step: StepModel, batch_size: int, options: GenerationOptions, rules: TokenRules = TokenRules()) -> np.ndarray:
+    """Returns int64 [batch_size, L]: exactly `model.generate(...)` for the same options and token
+    rules (decoder_start_token_id first, rows padded as transformers pads them)."""
+    verify_options(options, rules)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    decoder = make_decoder(options)
+    decoder = make_decoder(options, rules)
     decoder.reset(batch_size)
     rows = batch_size * options.num_beams
     while not decoder.done:
-        logits = _check_logits(step(decoder.next_input()), rows, options)
+        logits = _check_logits(step(decoder.next_input()), rows, options, rules)
         beam_idx = decoder.update(logits)
         if beam_idx is not None and not decoder.done:  # the cache is dropped after the last step
             step.reorder(beam_idx)
     return decoder.finalize()
+
+
+def padding_fill(options: GenerationOptions, rules: TokenRules) -> int:
+    """What generate() pads a finished row with: pad_token_id in greedy search, `pad or eos` in beam
+    search (a pad id of 0 is falsy there)."""
+    return rules.pad_token_id if options.num_beams == 1 else (rules.pad_token_id or rules.eos_token_id)

@@ -1,41 +1,48 @@
 """The decoder graph as a `runtime.search.StepModel`: one call per generated token.
 
-Holds the self-attention cache between calls (the graph returns present K/V, we feed them back as
-past) and the cross-attention K/V computed once by the encoder graph. Cross K/V stay at batch size
-B for every beam count: the decoder graph maps each beam row to its batch item itself.
+`DecoderStep` (dynamic artifacts) holds the self-attention cache between calls (the graph returns
+present K/V, they are fed back as past). Cross-attention K/V come once from the encoder graph and
+stay at batch size B for every beam count: the decoder graph maps each beam row to its batch item.
+`runtime/static_step.py` is the same protocol over a static artifact's fixed buffers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .contract import ENCODER_ATTENTION_MASK, INPUT_IDS, LOGITS, Contract
+from .graph import Graph
+
 
 class DecoderStep:
-    def __init__(self, session, cross: dict[str, np.ndarray], encoder_mask: np.ndarray, layers: int,
-                 heads: int, head_dim: int):
-        self._session = session
-        # One feeds dict for every step: the static entries stay, input ids and past K/V are replaced.
-        self._feeds = {"encoder_attention_mask": encoder_mask, **cross}
-        self._past_names = [f"past.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-        self._present_names = [name.replace("past.", "present.", 1) for name in self._past_names]
-        self._outputs = ["logits", *self._present_names]
-        self._heads, self._head_dim = heads, head_dim
+    def __init__(self, graph: Graph, contract: Contract, cross: dict[str, np.ndarray], encoder_mask: np.ndarray):
+        self._graph = graph
+        dims = contract.dims
+        # One feeds dict for every step: the fixed entries stay, input ids and past K/V are replaced.
+        self._feeds = {ENCODER_ATTENTION_MASK: encoder_mask, **cross}
+        self._past_names, self._present_names = contract.past_names, contract.present_names
+        self._outputs = [LOGITS, *self._present_names]
+        self._heads, self._head_dim = dims.decoder_heads, dims.head_dim
         self._past: list[np.ndarray] | None = None
         # reorder() writes into these flat buffers (grown by doubling) instead of fresh arrays per step.
         self._spare: list[np.ndarray] = []
         self._past_is_spare = False
 
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+    def feeds(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder's inputs for the next step (the fidelity report runs them through two artifacts)."""
         if self._past is None:  # first step: an empty cache with one row per beam
             empty = np.zeros((input_ids.shape[0], self._heads, 0, self._head_dim), dtype=np.float32)
             self._past = [empty] * len(self._past_names)
         feeds = self._feeds
-        feeds["input_ids"] = input_ids
+        feeds[INPUT_IDS] = input_ids
         feeds.update(zip(self._past_names, self._past))
-        out = self._session.run(feeds, self._outputs)
+        return feeds
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        out = self._graph.run(self.feeds(input_ids), self._outputs, finite=(LOGITS,))
         self._past = [out[name] for name in self._present_names]
         self._past_is_spare = False
-        return out["logits"][:, -1, :]
+        return out[LOGITS][:, -1, :]
 
     def reorder(self, beam_idx: np.ndarray) -> None:
         # Only the self-attention cache follows the beams; cross K/V are per batch item.

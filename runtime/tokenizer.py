@@ -23,7 +23,7 @@ class PromptTokenizer:
             self._tokenizer = Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception on malformed files
             raise ArtifactError(f"cannot read tokenizer {path}: {str(err).splitlines()[0]}") from None
-        self.bos, self.eos, self.pad = bos, eos, pad
+        self.bos, self.eos, self.pad_id = bos, eos, pad
 
     def __len__(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -34,9 +34,12 @@ class PromptTokenizer:
     def encode_batch(self, prompts: list[str], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded ids and their mask, int64 [B, T], as the processor pads a batch; T is the
         longest prompt, or `width` (a static artifact's prompt bucket, never shorter than the prompts)."""
-        encoded = [self.encode(p) for p in prompts]
+        return self.pad([self.encode(p) for p in prompts], width)
+
+    def pad(self, encoded: list[list[int]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_batch` for prompts already encoded."""
         width = max([len(ids) for ids in encoded] + [width or 0])
-        ids = np.full((len(encoded), width), self.pad, dtype=np.int64)
+        ids = np.full((len(encoded), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encoded), width), dtype=np.int64)
         for row, tokens in enumerate(encoded):
             ids[row, : len(tokens)] = tokens

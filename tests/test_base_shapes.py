@@ -22,14 +22,14 @@ def base(tmp_path_factory):
 
 def test_base_graphs_pass_the_gate(base):
     _, artifact, manifest = base
-    assert manifest.dims["d_model"] == 768 and manifest.dims["decoder_layers"] == 6
-    assert manifest.dims["vocab_size"] == 51289 and manifest.dims["decoder_heads"] == 12
+    assert manifest.dims.d_model == 768 and manifest.dims.decoder_layers == 6
+    assert manifest.dims.vocab_size == 51289 and manifest.dims.decoder_heads == 12
     for name, graph in manifest.graphs.items():
-        assert graph["parity"]["passed"], (name, graph["parity"])
-        assert (artifact / graph["file"]).stat().st_size == graph["bytes"]
+        assert graph.parity["passed"], (name, graph.parity)
+        assert (artifact / graph.file).stat().st_size == graph.bytes
     # fp32 base: vision ~90M params, decoder holds the 51289x768 tied embedding.
-    assert 300e6 < manifest.graphs["vision_encoder"]["bytes"] < 420e6
-    assert manifest.graphs["embed_tokens"]["bytes"] > 51289 * 768 * 4
+    assert 300e6 < manifest.graphs["vision_encoder"].bytes < 420e6
+    assert manifest.graphs["embed_tokens"].bytes > 51289 * 768 * 4
 
 
 def test_base_runtime_matches_transformers(base, images):
@@ -42,7 +42,7 @@ def test_base_runtime_matches_transformers(base, images):
     processor = AutoProcessor.from_pretrained(checkpoint)
     model = Florence2.load(artifact)
     # The embedding has rows past the tokenizer: the runtime never picks them, transformers is told so.
-    padded = list(range(manifest.dims["tokenizer_size"], manifest.dims["vocab_size"]))
+    padded = list(range(manifest.dims.tokenizer_size, manifest.dims.vocab_size))
     for task in ("<CAPTION>", "<OD>"):
         for beams in (1, 3):
             inputs = processor(text=task, images=images[0], return_tensors="pt")

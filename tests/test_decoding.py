@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.generation import GenerationOptions, verify_options
+from runtime.errors import Florence2Error
+from runtime.generation import GenerationOptions, OptionError, TokenRules, verify_options
 from runtime.logits import NoRepeatNGram
 from runtime.search import decode, log_softmax, topk
 
@@ -32,6 +33,7 @@ SEEDS = (0, 1, 2)
 # An EOS logit bias per seed: EOS comes after ~3-20 tokens in some rows and never in others.
 EOS_BIAS = {0: 0.0, 1: 0.5, 2: 1.0}
 FORCED = ((None, None), (BOS, None), (None, EOS), (BOS, EOS))  # (forced_bos, forced_eos)
+RULES = TokenRules(decoder_start_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,7 +112,7 @@ class TorchStep:
         self.cache.reorder_cache(torch.from_numpy(beam_idx))
 
 
-def reference(model, hidden, mask, options: GenerationOptions, **extra) -> tuple[np.ndarray, int]:
+def reference(model, hidden, mask, options: GenerationOptions, rules: TokenRules, **extra) -> tuple[np.ndarray, int]:
     """generate()'s ids, and how many decoder steps it ran."""
     steps = []
     hook = model.model.decoder.register_forward_pre_hook(lambda *_: steps.append(1))
@@ -121,17 +123,18 @@ def reference(model, hidden, mask, options: GenerationOptions, **extra) -> tuple
             min_new_tokens=options.min_new_tokens, no_repeat_ngram_size=options.no_repeat_ngram_size,
             early_stopping=options.early_stopping, length_penalty=options.length_penalty,
             forced_bos_token_id=options.forced_bos_token_id, forced_eos_token_id=options.forced_eos_token_id,
-            decoder_start_token_id=options.decoder_start_token_id, eos_token_id=options.eos_token_id,
-            pad_token_id=options.pad_token_id, do_sample=False, **extra)
+            decoder_start_token_id=rules.decoder_start_token_id, eos_token_id=rules.eos_token_id,
+            pad_token_id=rules.pad_token_id, do_sample=False, **extra)
     return out.numpy(), len(steps)
 
 
-def assert_parity(cases, seed: int, batch_size: int, options: GenerationOptions, **extra) -> np.ndarray:
+def assert_parity(cases, seed: int, batch_size: int, options: GenerationOptions, rules: TokenRules = RULES,
+                  **extra) -> np.ndarray:
     model, inputs = cases[seed]
     hidden, mask = inputs[batch_size]
-    expected, expected_steps = reference(model, hidden, mask, options, **extra)
+    expected, expected_steps = reference(model, hidden, mask, options, rules, **extra)
     step = TorchStep(model, hidden, mask, options.num_beams)
-    got = decode(step, batch_size, options)
+    got = decode(step, batch_size, options, rules)
     assert got.dtype == np.int64
     assert got.shape == expected.shape and np.array_equal(got, expected), (
         f"seed={seed} batch={batch_size} {options}\nexpected\n{expected}\ngot\n{got}")
@@ -218,7 +221,8 @@ def test_short_generations_with_forced_tokens(cases, num_beams, max_new_tokens):
 @pytest.mark.parametrize("num_beams", (1, 3))
 def test_vocab_size_masks_like_suppress_tokens(cases, num_beams):
     vocab_size = 88
-    options = GenerationOptions(max_new_tokens=20, num_beams=num_beams, vocab_size=vocab_size)
+    options = GenerationOptions(max_new_tokens=20, num_beams=num_beams)
+    masked = TokenRules(decoder_start_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD, vocab_size=vocab_size)
     suppressed = list(range(vocab_size, VOCAB))
     saw_high_id = False
     for seed in SEEDS:
@@ -227,9 +231,9 @@ def test_vocab_size_masks_like_suppress_tokens(cases, num_beams):
             model.final_logits_bias[0, vocab_size:] = 1.5
         try:
             for batch_size in (1, 2):
-                out = assert_parity(cases, seed, batch_size, options, suppress_tokens=suppressed)
+                out = assert_parity(cases, seed, batch_size, options, masked, suppress_tokens=suppressed)
                 assert out.max() < vocab_size
-                unmasked = assert_parity(cases, seed, batch_size, options.replace(vocab_size=None))
+                unmasked = assert_parity(cases, seed, batch_size, options)
                 saw_high_id |= bool(unmasked.max() >= vocab_size)
         finally:
             with torch.no_grad():
@@ -248,9 +252,10 @@ def _padded_with(out: np.ndarray, fill: int) -> bool:
 def test_beam_output_padding_with_pad_id_zero(cases):
     # generate() fills beam outputs with `pad_token_id or eos_token_id`: a pad id of 0 pads with EOS,
     # while greedy search pads with 0.
-    options = GenerationOptions(max_new_tokens=20, num_beams=3, pad_token_id=0)
-    beam_outs = [assert_parity(cases, seed, 2, options) for seed in SEEDS]
-    greedy_outs = [assert_parity(cases, seed, 2, options.replace(num_beams=1)) for seed in SEEDS]
+    options = GenerationOptions(max_new_tokens=20, num_beams=3)
+    pad_zero = TokenRules(decoder_start_token_id=EOS, eos_token_id=EOS, pad_token_id=0)
+    beam_outs = [assert_parity(cases, seed, 2, options, pad_zero) for seed in SEEDS]
+    greedy_outs = [assert_parity(cases, seed, 2, options.replace(num_beams=1), pad_zero) for seed in SEEDS]
     assert any(_padded_with(out, EOS) for out in beam_outs)
     assert any(_padded_with(out, 0) for out in greedy_outs)
 
@@ -299,20 +304,39 @@ def test_topk_sorted_with_ties_in_index_order():
     (dict(length_penalty=float("nan")), r"length_penalty must be a finite float"),
     (dict(length_penalty="1"), r"length_penalty must be a finite float"),
     (dict(forced_bos_token_id=-1), r"forced_bos_token_id must be an int >= 0 or None"),
+])
+def test_invalid_options_raise_one_clear_error(overrides, message):
+    for build in (lambda: GenerationOptions(**overrides), lambda: GenerationOptions().replace(**overrides)):
+        with pytest.raises(OptionError, match=message) as err:
+            build()
+        # One class for every bad option: both a Florence2Error (a user's mistake) and a ValueError.
+        assert isinstance(err.value, Florence2Error) and isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("overrides, message", [
     (dict(eos_token_id=None), r"eos_token_id must be an int >= 0, got None"),
     (dict(vocab_size=0), r"vocab_size must be an int >= 1 or None"),
     (dict(vocab_size=2), r"eos_token_id must be < vocab_size \(2\), got 2"),
-    (dict(vocab_size=50, forced_bos_token_id=60), r"forced_bos_token_id must be < vocab_size \(50\), got 60"),
 ])
-def test_invalid_options_raise_one_clear_error(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        GenerationOptions(**overrides)
-    with pytest.raises(ValueError, match=message):
-        GenerationOptions().replace(**overrides)
+def test_invalid_token_rules(overrides, message):
+    with pytest.raises(OptionError, match=message):
+        TokenRules(**overrides)
+
+
+def test_forced_ids_must_be_inside_the_vocabulary():
+    rules = TokenRules(vocab_size=50)
+    with pytest.raises(OptionError, match=r"forced_bos_token_id must be < vocab_size \(50\), got 60"):
+        verify_options(GenerationOptions(forced_bos_token_id=60), rules)
+
+
+@pytest.mark.parametrize("name", ["eos_token_id", "pad_token_id", "decoder_start_token_id", "vocab_size", "bos_token_id"])
+def test_artifact_owned_names_are_not_options(name):
+    with pytest.raises(OptionError, match=rf"{name} is fixed by the artifact .*accepted: max_new_tokens, "):
+        GenerationOptions().replace(**{name: None})
 
 
 def test_replace_rejects_unknown_names_and_keeps_the_rest():
-    with pytest.raises(ValueError, match=r"unknown generation option\(s\) \['beams'\]; accepted: \[.*'num_beams'"):
+    with pytest.raises(OptionError, match=r"unknown generation option\(s\) beams; accepted: .*num_beams"):
         GenerationOptions().replace(beams=3)
     options = GenerationOptions(max_new_tokens=7).replace(num_beams=3)
     assert (options.max_new_tokens, options.num_beams) == (7, 3)

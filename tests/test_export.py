@@ -7,21 +7,23 @@ import json
 import numpy as np
 import pytest
 
-from export.graphs import DecoderStep, ModelDims, graph_specs
-from export.parity import check_graph, reference_outputs, sample_cases
+from export.graphs import DecoderStep
+from export.parity import check_graph
+from export.references import reference_outputs
+from export.specs import graph_specs
 from platforms import open_session
 from runtime.manifest import FORMAT_VERSION, GRAPH_NAMES, read_manifest, sha256_of
+from runtime.probes import graph_cases
 
 
 def test_every_graph_matches_transformers_on_fresh_inputs(onnx_artifact, hf_model):
     """Independent of the gate's own run: other random inputs (seed 1), same tolerance."""
     manifest = read_manifest(onnx_artifact)
-    dims = ModelDims.of(hf_model)
-    for spec in graph_specs(dims):
+    contract = manifest.contract
+    for spec in graph_specs(contract):
         session = open_session("onnx", manifest.graph_path(onnx_artifact, spec.name))
-        feeds = sample_cases(spec.name, dims, seed=1)
-        for case in feeds:
-            got, want = session.run(case), reference_outputs(spec.name, hf_model, case)
+        for case in graph_cases(contract, spec.name, seed=1):
+            got, want = session.run(case), reference_outputs(spec.name, hf_model, case, contract)
             assert set(got) == set(spec.outputs)
             for name in spec.outputs:
                 assert got[name].shape == want[name].shape, (spec.name, name)
@@ -29,18 +31,18 @@ def test_every_graph_matches_transformers_on_fresh_inputs(onnx_artifact, hf_mode
                                            err_msg=f"{spec.name}.{name}")
 
 
-def test_decoder_wrapper_equals_transformers_decoder_in_torch(hf_model):
+def test_decoder_wrapper_equals_transformers_decoder_in_torch(onnx_artifact, hf_model):
     """The hand-written step (shared cross K/V across beams) against transformers' decoder with its
     EncoderDecoderCache, in PyTorch, for an empty and a filled cache and 1 and 3 beams."""
     import torch
 
-    dims = ModelDims.of(hf_model)
+    contract = read_manifest(onnx_artifact).contract
     wrapper = DecoderStep(hf_model).eval()
-    spec = next(s for s in graph_specs(dims) if s.name == "decoder")
-    for case in sample_cases("decoder", dims, seed=2):
+    spec = next(s for s in graph_specs(contract) if s.name == "decoder")
+    for case in graph_cases(contract, "decoder", seed=2):
         with torch.no_grad():
             got = wrapper(*(torch.from_numpy(case[name]) for name in spec.inputs))
-        want = reference_outputs("decoder", hf_model, case)
+        want = reference_outputs("decoder", hf_model, case, contract)
         for value, name in zip(got, spec.outputs):
             np.testing.assert_allclose(value.numpy(), want[name], atol=spec.tolerance_of(name), rtol=0, err_msg=name)
 
@@ -76,7 +78,12 @@ def test_manifest_describes_the_artifact(onnx_artifact, hf_model, hf_processor):
         for output, diff in parity["per_output"].items():
             assert diff <= parity["output_tolerances"].get(output, parity["tolerance"]), (name, output)
         assert graph["parity"]["cases"] >= 1
-    assert data["graphs"]["decoder"]["inputs"]["past.0.key"]["dynamic_axes"] == {"0": "rows", "2": "past_sequence"}
+    heads, hd = text.decoder_attention_heads, text.d_model // text.decoder_attention_heads
+    assert data["graphs"]["decoder"]["inputs"]["past.0.key"] == {
+        "dtype": "float32", "shape": ["rows", heads, "past_sequence", hd]}
+    assert data["graphs"]["vision_encoder"]["outputs"]["image_features"]["shape"] == ["batch", 577, text.d_model]
+    assert data["dims"]["image_size"] == [768, 768] and data["dims"]["image_tokens"] == 577
+    assert data["checksum"] and read_manifest(onnx_artifact).checksum == data["checksum"]
     assert data["files"]["tokenizer.json"]["sha256"] == sha256_of(onnx_artifact / "tokenizer.json")
 
 
@@ -108,10 +115,10 @@ def test_parity_gate_lists_every_failing_output(onnx_artifact, hf_model):
     from export.errors import ParityError
     from export.parity import GraphParity, raise_on_failures
 
-    dims = ModelDims.of(hf_model)
-    spec = next(s for s in graph_specs(dims) if s.name == "decoder")
+    contract = read_manifest(onnx_artifact).contract
+    spec = next(s for s in graph_specs(contract) if s.name == "decoder")
     session = open_session("onnx", onnx_artifact / "decoder.onnx")
-    ok = check_graph(spec, session, hf_model, dims)
+    ok = check_graph(spec, session, hf_model, contract)
     assert not ok.failures
     broken = GraphParity("decoder", 1e-4, {"logits": 0.5, "present.0.key": 1e-6, "present.1.value": float("nan")})
     with pytest.raises(ParityError) as err:
@@ -121,15 +128,15 @@ def test_parity_gate_lists_every_failing_output(onnx_artifact, hf_model):
     assert "present.0.key" not in message and "\n" not in message
 
 
-def test_parity_gate_catches_a_wrong_graph(tiny_checkpoint, hf_model, tmp_path):
+def test_parity_gate_catches_a_wrong_graph(onnx_artifact, hf_model, tmp_path):
     """Export the decoder of a different model and check it against ours: the gate must refuse it."""
     from export.embedded import build_checkpoint
     from export.onnx_writer import write_onnx
     from transformers import Florence2ForConditionalGeneration
 
     other = Florence2ForConditionalGeneration.from_pretrained(build_checkpoint(tmp_path / "other", seed=7)).eval()
-    dims = ModelDims.of(hf_model)
-    spec = next(s for s in graph_specs(dims) if s.name == "embed_tokens")
-    path = write_onnx(spec, other, sample_cases(spec.name, dims)[-1], tmp_path / "embed_tokens.onnx")
-    result = check_graph(spec, open_session("onnx", path), hf_model, dims)
+    contract = read_manifest(onnx_artifact).contract
+    spec = next(s for s in graph_specs(contract) if s.name == "embed_tokens")
+    path = write_onnx(spec, other, graph_cases(contract, spec.name)[-1], tmp_path / "embed_tokens.onnx")
+    result = check_graph(spec, open_session("onnx", path), hf_model, contract)
     assert result.failures and "embed_tokens.inputs_embeds" in result.failures[0]

@@ -14,11 +14,11 @@ import torch
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 pytest.importorskip("nncf", reason="the openvino export needs nncf for --int8/--int4")
 
-from platforms import BackendError, open_session  # noqa: E402
+from platforms import PlatformError, open_session  # noqa: E402
 from runtime import Florence2  # noqa: E402
-from runtime.errors import ArtifactError  # noqa: E402
+from runtime.contract import LimitError  # noqa: E402
+from runtime.errors import ArtifactError, BackendError  # noqa: E402
 from runtime.manifest import read_manifest, sha256_of  # noqa: E402
-from runtime.static_step import StaticLimitError  # noqa: E402
 
 TASKS = [("<CAPTION>", None), ("<OD>", None), ("<CAPTION_TO_PHRASE_GROUNDING>", "a green car parked in front of a yellow building")]
 MODES = {"greedy": dict(num_beams=1, no_repeat_ngram_size=0), "beams3": dict(num_beams=3, no_repeat_ngram_size=3)}
@@ -133,17 +133,16 @@ def test_damaged_bin_is_refused(ov_artifact, tmp_path):
 
 def test_static_graphs_match_transformers_on_fresh_inputs(static_artifact, hf_model):
     """The static decoder against transformers given the same prefix, buffers holding noise past it."""
-    from export.graphs import ModelDims
-    from export.parity import cases_of, reference_of
-    from export.static_graphs import StaticLayout, static_graph_specs
+    from export.specs import graph_specs
+    from runtime.probes import graph_cases
 
     manifest = read_manifest(static_artifact)
-    dims = ModelDims.of(hf_model)
-    layout = StaticLayout(**manifest.static)
-    for spec in static_graph_specs(dims, layout):
+    contract = manifest.contract
+    assert contract.static is not None
+    for spec in graph_specs(contract):
         session = open_session("openvino", manifest.graph_path(static_artifact, spec.name))
-        for case in cases_of(spec, dims, seed=1):
-            got, want = session.run(case), reference_of(spec, hf_model, case)
+        for case in graph_cases(contract, spec.name, seed=1):
+            got, want = session.run(case), spec.reference(hf_model, case, contract)
             for name in spec.outputs:
                 np.testing.assert_allclose(got[name], want[name], atol=spec.tolerance_of(name), rtol=0,
                                            err_msg=f"{spec.name}.{name}")
@@ -152,11 +151,11 @@ def test_static_graphs_match_transformers_on_fresh_inputs(static_artifact, hf_mo
 def test_static_limits_are_one_line_errors(models, images):
     model = models["static"]
     assert model.defaults.max_new_tokens == 24  # the checkpoint's 1024, within the buffers
-    with pytest.raises(StaticLimitError, match=r"prompt is \d+ tokens, longer than this static artifact's prompt bucket of 32"):
+    with pytest.raises(LimitError, match=r"prompt is \d+ tokens, longer than this static artifact's prompt bucket of 32"):
         model.generate(images[0], "<CAPTION_TO_PHRASE_GROUNDING>", "a red car " * 12)
-    with pytest.raises(StaticLimitError, match="max_new_tokens=25 is more than .* KV buffers hold \\(24\\)"):
+    with pytest.raises(LimitError, match="max_new_tokens=25 is more than .* KV buffers hold \\(24\\)"):
         model.generate(images[0], "<OD>", max_new_tokens=25)
-    with pytest.raises(StaticLimitError, match="num_beams=4 is more than .* 3 decoder rows"):
+    with pytest.raises(LimitError, match="num_beams=4 is more than .* 3 decoder rows"):
         model.generate(images[0], "<OD>", num_beams=4)
 
 
@@ -192,8 +191,8 @@ def test_inference_precision_is_f32_unless_asked(ov_artifact):
     assert "float32" in hint(open_session("openvino", path))
     if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         model = Florence2.load(ov_artifact, inference_precision="bf16")
-        assert "bfloat16" in hint(model.sessions["vision_encoder"])
-    with pytest.raises(BackendError, match="unknown inference_precision 'int3'"):
+        assert "bfloat16" in hint(model.graphs["vision_encoder"].session)
+    with pytest.raises(PlatformError, match="unknown inference_precision 'int3'"):
         open_session("openvino", path, inference_precision="int3")
 
 
@@ -243,14 +242,16 @@ def test_cli_checks_static_options():
         _check_target(parse(["--target", "openvino", "--opset", "18"]))
 
 
-def test_static_layout_limits():
+def test_static_layout_limits(tiny_checkpoint):
     from export.errors import ExportError
-    from export.graphs import ModelDims
-    from export.static_graphs import StaticLayout
+    from export.loading import load_checkpoint
+    from export.facts import read_contract
+    from export.pipeline import static_layout
 
-    dims = ModelDims(64, 100, 2, 4, 16, 577, (768, 768))
-    assert StaticLayout.checked(3, 447, 1024, dims, 1024).prompt_bucket == 447
+    checkpoint = load_checkpoint(str(tiny_checkpoint))
+    contract = read_contract(checkpoint)
+    assert static_layout(contract, checkpoint, {"prompt_bucket": 447, "max_decode": 1024}).prompt_bucket == 447
     with pytest.raises(ExportError, match=r"--prompt-bucket must be 1\.\.447"):
-        StaticLayout.checked(3, 448, 256, dims, 1024)
+        static_layout(contract, checkpoint, {"prompt_bucket": 448})
     with pytest.raises(ExportError, match=r"--max-decode must be 1\.\.1024"):
-        StaticLayout.checked(3, 64, 2000, dims, 1024)
+        static_layout(contract, checkpoint, {"max_decode": 2000})

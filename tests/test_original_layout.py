@@ -14,8 +14,9 @@ import sys
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
-from export.embedded import FLORENCE_TOKENS, GENERATION_DEFAULTS, IMAGE_TOKEN
+from export.loading import load_checkpoint
+from export.embedded import GENERATION_DEFAULTS
+from export.vocabulary import FLORENCE_TOKENS, IMAGE_TOKEN
 from export.errors import ExportError
 from export.original_layout import is_original_layout, load_original
 from export.pipeline import run_export
@@ -151,12 +152,14 @@ def write_original(native_dir, folder, weights: str = "safetensors", generation:
         save_file(state, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(original_config(native_dir, state[SHARED].shape[0])))
     write_tokenizer(native_dir, folder, as_tokenizer_json)
+    native = json.loads((native_dir / "processor_config.json").read_text())["image_processor"]  # its size
     preprocessor = {
         "auto_map": {"AutoProcessor": "processing_florence2.Florence2Processor"},
-        "crop_size": {"height": 768, "width": 768}, "do_center_crop": False, "do_convert_rgb": None,
+        "crop_size": native["size"], "do_center_crop": False, "do_convert_rgb": None,
         "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406],
-        "image_processor_type": "CLIPImageProcessor", "image_seq_length": 577, "image_std": [0.229, 0.224, 0.225],
-        "processor_class": "Florence2Processor", "resample": 3, "size": {"height": 768, "width": 768},
+        "image_processor_type": "CLIPImageProcessor", "image_seq_length": native["image_seq_length"],
+        "image_std": [0.229, 0.224, 0.225], "processor_class": "Florence2Processor", "resample": 3,
+        "size": native["size"],
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     generation = {**GENERATION_DEFAULTS, **(generation or {}), "transformers_version": "4.41.0.dev0"}
@@ -251,25 +254,27 @@ def test_export_generates_the_native_tokens(original_export, onnx_artifact, perm
 def test_manifest_matches_the_native_one(original_export, onnx_artifact, permutation):
     _, manifest, _ = original_export
     native = json.loads((onnx_artifact / "manifest.json").read_text())
-    assert manifest.generation == native["generation"]
-    assert manifest.preprocessing == native["preprocessing"] and manifest.tasks == native["tasks"]
-    assert manifest.dims == native["dims"]
+    manifest = manifest.to_dict()
+    assert manifest["generation"] == native["generation"]
+    assert manifest["preprocessing"] == native["preprocessing"] and manifest["tasks"] == native["tasks"]
+    assert manifest["dims"] == native["dims"]
     assert native["source"]["layout"] == "native"
-    assert manifest.source["layout"] == "original" and "keys renamed" in manifest.source["key_mapping"]
-    assert manifest.tokens == {k: permutation.get(v, v) if k in ("image", "first_loc") else v
-                               for k, v in native["tokens"].items()}
+    assert manifest["source"]["layout"] == "original" and "keys renamed" in manifest["source"]["key_mapping"]
+    assert manifest["tokens"] == {k: permutation.get(v, v) if k in ("image", "first_loc") else v
+                                  for k, v in native["tokens"].items()}
 
 
 def test_mismatched_generation_ids_use_the_tokenizer(finetune_export, onnx_artifact, permutation, images):
     folder, artifact, manifest, warnings = finetune_export
     native = json.loads((onnx_artifact / "manifest.json").read_text())
-    assert manifest.generation == native["generation"]
-    assert (manifest.generation["bos_token_id"], manifest.generation["eos_token_id"],
-            manifest.generation["pad_token_id"]) == (0, 2, 1)
-    ids = {k: manifest.tokens[k] for k in ("bos", "eos", "pad", "decoder_start")}
-    assert ids == {"bos": 0, "eos": 2, "pad": 1, "decoder_start": 2}
-    assert manifest.tokens["first_loc"] == permutation[native["tokens"]["first_loc"]]
-    assert manifest.tokens["image"] == permutation[native["tokens"]["image"]]
+    data = manifest.to_dict()
+    assert data["generation"] == native["generation"]
+    generation = manifest.generation
+    assert (generation.bos_token_id, generation.eos_token_id, generation.pad_token_id) == (0, 2, 1)
+    tokens = manifest.tokens
+    assert (tokens.bos, tokens.eos, tokens.pad, tokens.decoder_start) == (0, 2, 1, 2)
+    assert tokens.first_loc == permutation[native["tokens"]["first_loc"]]
+    assert tokens.image == permutation[native["tokens"]["image"]]
     fixes = [m for m in warnings if "contradict the tokenizer" in m]
     assert len(fixes) == 1 and "eos_token_id 1" in fixes[0] and '"eos_token_id": 2' in fixes[0]
     assert str(folder) in fixes[0] and "generation_config.json" in fixes[0]

@@ -58,14 +58,14 @@ def test_flag_writes_an_artifact_that_loads_and_generates(artifacts, images, pre
     manifest = read_manifest(folder)  # every file, shared ones included, matches its sha256
     assert manifest.precision == precision
     for name, graph in manifest.graphs.items():
-        parity = graph["parity"]
+        parity = graph.parity
         assert parity["fidelity_floor"] == fidelity_floor(precision, name)
         assert parity["passed"] and parity["min_cosine"] >= parity["fidelity_floor"]
-        assert set(parity["cosine"]) == set(graph["outputs"])
+        assert set(parity["cosine"]) == set(graph.outputs)
     model = Florence2.load(folder)
     ids = model.generate(images[0], "<CAPTION>", max_new_tokens=8, num_beams=3)
-    assert ids[0] == manifest.tokens["decoder_start"] and 2 <= len(ids) <= 9
-    assert all(0 <= i < manifest.dims["vocab_size"] for i in ids)
+    assert ids[0] == manifest.tokens.decoder_start and 2 <= len(ids) <= 9
+    assert all(0 <= i < manifest.dims.vocab_size for i in ids)
     assert isinstance(model(images[1], "<OD>", max_new_tokens=8), dict)
 
 
@@ -96,7 +96,7 @@ def test_word_embedding_is_stored_once(artifacts, precision):
     """embed_tokens and decoder reference the same shared file; no fp32 [V, d] table is left."""
     folder = artifacts(precision)
     manifest = read_manifest(folder)
-    table = [manifest.dims["vocab_size"], manifest.dims["d_model"]]
+    table = [manifest.dims.vocab_size, manifest.dims.d_model]
     referenced = {}
     for name in ("embed_tokens", "decoder"):
         model = onnx.load(str(folder / f"{name}.onnx"), load_external_data=False)
@@ -230,12 +230,16 @@ def test_report_refuses_a_folder_that_is_not_an_artifact(artifacts, tmp_path):
 
 @pytest.mark.parametrize("field,value,message", [
     ("source", {"model": "someone/else"}, "different checkpoints"),
-    ("dims", {"d_model": 1}, "different model dims (d_model"),
+    ("dims", {"d_model": 1}, "was changed after export"),  # an unsealed edit is refused at load
 ])
 def test_report_refuses_mismatched_artifacts(artifacts, tmp_path, field, value, message):
+    from runtime.manifest import seal
+
     other = tmp_path / "other"
     shutil.copytree(artifacts("fp32"), other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest[field].update(value)
     (other / "manifest.json").write_text(json.dumps(manifest))
+    if field == "source":
+        seal(other)  # a deliberate edit, re-sealed: the report itself must see the different checkpoint
     _one_line(_report_cli("--reference", str(artifacts("fp32")), "--candidate", str(other)), message)

@@ -70,7 +70,8 @@ def test_folder_reports_each_image_and_exits_1(folder_run, folder):
     for record in records:
         assert record["task"] == "<OD>"
     for record in results.values():
-        assert set(record) == {"image", "task", "result", "seconds"} and record["seconds"] >= 0
+        assert set(record) == {"image", "task", "result", "seconds", "image_size"} and record["seconds"] >= 0
+    assert results["a.png"]["image_size"] == [320, 240] and results["b.jpg"]["image_size"] == [200, 300]
     for record in errors.values():
         assert "\n" not in record["error"]
     stderr = proc.stderr.splitlines()
