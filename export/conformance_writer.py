@@ -22,11 +22,13 @@ log = logging.getLogger("export")
 MAX_NEW_TOKENS = 16  # bounded, so a port's unit test runs in seconds on a phone
 BEAMS = 3
 PREFERRED_TASKS = ("<CAPTION>", "<OD>", "<OCR>")
-# |got - want| <= atol + rtol * |want| on the first step's logits. Here (same graphs, same onnxruntime)
-# runs are bit-identical; these bounds are for a port on another CPU, whose kernels sum in another
-# order: estimated, not measured on a device. A quantized graph requantizes its activations at run
-# time, so a value near a rounding boundary moves by a whole quantization step there.
-LOGIT_TOLERANCES = {"fp32": (1e-3, 1e-4), "fp16": (5e-2, 1e-2), "int8": (5e-2, 1e-2), "int4": (5e-2, 1e-2)}
+# |got - want| <= atol + rtol * |want| on the first step's logits. Same graphs and onnxruntime: runs
+# are bit-identical. Other kernels move them; measured here (px128, 2026-12-01) by running the .onnx
+# files, which x86 onnxruntime lays out for NCHWc convolutions where the .ort files (for ARM) do not:
+# fp32 logits within 1.1e-5, int8 within 0.21 at logits of ~20 (activations are requantized at run
+# time: a value near a rounding boundary moves by a whole step). A phone's kernels differ more than
+# that: these bounds are estimates, not measured on a device.
+LOGIT_TOLERANCES = {"fp32": (1e-3, 1e-4), "fp16": (0.1, 0.02), "int8": (0.1, 0.02), "int4": (0.1, 0.02)}
 # On each channel's mean and std of pixel_values (normalized units, ~[-2.1, 2.6]), for a port's own
 # resize: docs/mobile.md gives what a faithful bicubic and OpenCV's INTER_CUBIC measure against it.
 PIXEL_STATS_TOLERANCE = 0.02
