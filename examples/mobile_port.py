@@ -63,14 +63,66 @@ class Fields(dict):
 # -- preprocessing ---------------------------------------------------------------------------------
 
 def resize(image: Image.Image, m: Fields) -> np.ndarray:
-    """uint8 [H, W, 3]: RGB (transparency onto white), resized with the manifest's filter."""
+    """uint8 [H, W, 3]: RGB (transparency onto white), resized with the manifest's filter: bicubic
+    (3) by the port of Pillow's algorithm below, which a native app can copy; others by Pillow."""
     pre, (height, width) = m["preprocessing"], m["dims"]["image_size"]
     if image.mode != "RGB":
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    if pre["do_resize"]:
-        image = image.resize((width, height), resample=Image.Resampling(pre["resample"]))
-    return np.asarray(image)
+    if not pre["do_resize"]:
+        return np.asarray(image)
+    if pre["resample"] == 3:
+        return bicubic(np.asarray(image), width, height)
+    return np.asarray(image.resize((width, height), resample=Image.Resampling(pre["resample"])))
+
+
+FIXED = 22  # Pillow's PRECISION_BITS (32 - 8 - 2): coefficients in fixed point
+
+
+def cubic(x: np.ndarray) -> np.ndarray:
+    a, x = -0.5, np.abs(x)
+    return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                    np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def coefficients(size: int, out: int) -> list[tuple[int, np.ndarray]]:
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc: per output pixel, the first input pixel
+    and int weights. Downscaling widens the filter by the scale (antialiasing)."""
+    scale = size / out
+    support = 2.0 * max(scale, 1.0)
+    rows = []
+    for i in range(out):
+        center = (i + 0.5) * scale
+        first = max(int(center - support + 0.5), 0)
+        count = min(int(center + support + 0.5), size) - first
+        w = cubic((np.arange(count) + first - center + 0.5) / max(scale, 1.0))
+        total = 0.0
+        for v in w:  # summed in order, as the C loop does
+            total += v
+        w = w / total if total != 0.0 else w
+        rows.append((first, np.trunc(w * (1 << FIXED) + np.where(w < 0, -0.5, 0.5)).astype(np.int64)))
+    return rows
+
+
+def resample(pixels: np.ndarray, rows: list, axis: int) -> np.ndarray:
+    src = np.moveaxis(pixels, axis, 0).astype(np.int64)
+    out = np.empty((len(rows),) + src.shape[1:], dtype=np.uint8)
+    for i, (first, w) in enumerate(rows):
+        acc = (1 << (FIXED - 1)) + np.tensordot(w, src[first:first + len(w)], axes=(0, 0))
+        out[i] = np.clip(acc >> FIXED, 0, 255)  # rounded, clipped to uint8 between the passes
+    return np.moveaxis(out, 0, axis)
+
+
+def bicubic(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pillow's Image.resize(BICUBIC) of uint8 RGB, bit for bit: horizontal pass first (only over the
+    rows the vertical pass reads), then vertical."""
+    h, w = rgb.shape[:2]
+    columns, rows = coefficients(w, width), coefficients(h, height)
+    if width != w:
+        top, bottom = rows[0][0], rows[-1][0] + len(rows[-1][1])
+        rgb = resample(rgb[top:bottom], columns, axis=1)
+        rows = [(first - top, wts) for first, wts in rows]
+    return resample(rgb, rows, axis=0) if height != h else rgb
 
 
 def normalize(rgb: np.ndarray, m: Fields) -> np.ndarray:
