@@ -11,6 +11,7 @@ runs this file with florence2-edge made unimportable.
 
 Every fact it uses is read from the manifest. The statements of `mobile.dataflow` it implements are
 copied below (DATAFLOW): if the artifact states something else, the port refuses to run.
+Needs onnxruntime, numpy and Pillow (to decode PNGs; the bicubic resize is ported below, bit-exact).
 """
 
 from __future__ import annotations

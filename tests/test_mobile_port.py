@@ -1,5 +1,5 @@
 """The contract is enough: examples/mobile_port.py, a second implementation of the loop written from
-the manifest alone (onnxruntime, numpy, Pillow), reproduces the conformance vectors, greedy and beam
+the manifest alone (onnxruntime, numpy; Pillow only decodes PNGs), reproduces the conformance vectors, greedy and beam
 search, with florence2-edge and every tokenizer library unimportable."""
 
 from __future__ import annotations
