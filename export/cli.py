@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-decode", type=_positive_int, help="--static: KV buffer slots = most generated tokens (default 256)")
     parser.add_argument("--static-beams", type=_positive_int,
                         help="--static: decoder rows = most beams (default: the checkpoint's num_beams)")
+    parser.add_argument("--mobile", action="store_true",
+                        help="onnx: also write each graph in ORT format (.ort, for ONNX Runtime Mobile), the operators "
+                             "config of a minimal ORT build and an id -> token-bytes table (docs/mobile.md)")
+    parser.add_argument("--conformance", action=argparse.BooleanOptionalAction, default=None,
+                        help="write test vectors a port checks itself against (default: on with --mobile)")
     parser.add_argument("--tasks", type=Path, metavar="TASKS_JSON",
                         help='declare extra tasks of a fine-tune, e.g. {"<MY_OD>": {"prompt": "Locate the widgets.", '
                              '"parse_type": "description_with_bboxes"}}; "{input}" in a prompt marks where text goes')
@@ -60,6 +65,9 @@ def _check_target(args) -> None:
                         ("--static-beams", args.static_beams)):
         if value is not None and not (args.static or target.static):
             raise ExportError(f"{flag} applies to --static exports; add --static")
+    from .mobile import check_mobile_options
+
+    check_mobile_options(target, {"mobile": args.mobile, "conformance": args.conformance})
     if args.opset is not None and not 17 <= args.opset <= 23:
         raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")
 
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or default_output(args.model, args.target)
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
                    opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode,
-                   static_beams=args.static_beams, tasks=tasks)
+                   static_beams=args.static_beams, tasks=tasks, mobile=args.mobile, conformance=args.conformance)
     except ParityError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 1

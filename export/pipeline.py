@@ -17,6 +17,8 @@ from runtime.probes import graph_cases
 from .artifact import build_manifest, check_destination, source_record, staged_folder, write_tokenizer
 from .checkpoint import Checkpoint
 from .loading import load_checkpoint
+from .conformance_writer import write_conformance
+from .mobile import check_mobile_options, mobile_record, with_prompt_ids, write_ort_variants
 from .errors import ExportError
 from .facts import read_contract
 from .parity import check_graph, raise_on_failures
@@ -47,11 +49,13 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
                precision: str | None = None, tasks: dict | None = None, **options) -> Manifest:
     """Export `model` for `target` at `precision` (default: the target's first) into `output`.
     `tasks` declares extra tasks ({token: {"prompt", "parse_type"}}). `options` are target-specific
-    (opset, static...) and reach the target's writer unchanged."""
+    (opset, static...) and reach the target's writer unchanged; `mobile` and `conformance` add the
+    files of export/mobile.py and export/conformance_writer.py (conformance: default = mobile)."""
     spec_target = TARGETS[target]
     precision = precision or spec_target.precisions[0]
     if spec_target.static:  # a target that only runs fixed shapes (coreml) gets them without --static
         options = {**options, "static": True}
+    mobile, conformance = check_mobile_options(spec_target, options)
     check_destination(output, overwrite)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="florence2-edge-") as scratch:
@@ -67,11 +71,19 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
                 graphs[spec.name], parity = _export_graph(spec, spec_target, checkpoint.model, contract, folder,
                                                           f"[{index}/{len(specs)}]", precision, options)
                 results.append(parity)
+            if mobile:  # the same gate for the .ort form of each graph
+                graphs, ort_results = write_ort_variants(folder, specs, graphs, checkpoint.model, contract, precision)
+                results += ort_results
             raise_on_failures(results)
             files = write_tokenizer(checkpoint.processor, folder)
+            manifest = with_prompt_ids(manifest, folder)
+            if mobile:
+                manifest = replace(manifest, mobile=mobile_record(folder, manifest))
             files.update(_side_files(folder, graphs, files))
             manifest = replace(manifest, graphs=graphs, files=files)
             manifest.write(folder)
+            if conformance:
+                manifest = write_conformance(folder, manifest, prefer_ort=mobile)
     size = sum(r.bytes for r in _all_records(manifest)) / 1e6
     log.info("wrote %s (%.1f MB) in %.1f s", output, size, time.perf_counter() - started)
     return manifest
@@ -142,7 +154,7 @@ def _log_graph(step: str, name: str, seconds: float, graph: GraphRecord, parity)
 
 def _all_records(manifest: Manifest) -> list:
     return [*manifest.graphs.values(), *(g.weights for g in manifest.graphs.values() if g.weights),
-            *manifest.files.values()]
+            *(v for g in manifest.graphs.values() for v in g.variants.values()), *manifest.files.values()]
 
 
 def _side_files(folder: Path, graphs: dict[str, GraphRecord], files: dict[str, FileRecord]) -> dict[str, FileRecord]:
@@ -150,6 +162,7 @@ def _side_files(folder: Path, graphs: dict[str, GraphRecord], files: dict[str, F
     recorded with their sha256 like the graphs, so a damaged or missing one is caught at load."""
     known = {g.file for g in graphs.values()} | set(files) | {"manifest.json"}
     known |= {g.weights.file for g in graphs.values() if g.weights}
+    known |= {v.file for g in graphs.values() for v in g.variants.values()}
     return {p.name: file_record(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name not in known}
 
 

@@ -69,7 +69,7 @@ COREML_INT4_REFUSAL = coreml_quantize.INT4_REFUSAL
 
 
 TARGETS: dict[str, Target] = {
-    "onnx": Target("onnx", ".onnx", _onnx_writer, ("fp32", "fp16", "int8", "int4"), ("opset", "static"),
+    "onnx": Target("onnx", ".onnx", _onnx_writer, ("fp32", "fp16", "int8", "int4"), ("opset", "static", "mobile"),
                    "ONNX graphs for onnxruntime (CPU, and GPU/NPU execution providers)"),
     # fp16: fp16 weights, upcast at load; int8/int4: NNCF weight compression (quantize/openvino.py).
     # The gate compiles from the staging folder: no compile cache for blobs nobody will load again.

@@ -168,6 +168,54 @@ class Contract:
     def with_static(self, layout: StaticLayout | None) -> Contract:
         return dataclasses.replace(self, static=layout)
 
+    def dataflow(self) -> dict[str, str]:
+        """Where each graph input's value comes from, and the rules around the graphs, in words: what
+        a port of the loop must do (a mobile manifest carries it; examples/mobile_port.py checks every
+        statement it relies on against the manifest's)."""
+        s, past, present, cross = self.static, self.past_names[0], self.present_names[0], self.cross_names[0]
+        kv = lambda name: name.replace(".0.key", ".{i}.key|value")  # noqa: E731
+        flow = {
+            "vision_encoder.pixel_values": (
+                "the image in RGB (transparency composited onto white), resized to dims.image_size (height, "
+                "width) with preprocessing.resample (PIL's numbering: 3 = bicubic), then per uint8 value v "
+                "float32(float64(v) * rescale_factor), then (x - float32(image_mean[c])) / float32(image_std[c]) "
+                "in float32, channels first"),
+            "embed_tokens.input_ids": (
+                "the prompt ids, one row per image: tasks.<task>.prompt_ids, or [tokens.bos] + BPE(prompt) + "
+                "[tokens.eos] for a task with text; right-padded with tokens.pad to "
+                + ("static.prompt_bucket" if s else "the longest prompt")),
+            "encoder.inputs_embeds": "concat(vision_encoder.image_features, embed_tokens.inputs_embeds) on axis 1",
+            "encoder.attention_mask": "1 for each image token and each prompt token, 0 for padding (int64)",
+            "decoder.encoder_attention_mask": "encoder.attention_mask",
+            f"decoder.{kv(cross)}": f"encoder.{kv(cross)}, the same at every step, one row per image (not per beam)",
+            "decoder.logits": "next-token logits per row; ids >= dims.tokenizer_size are never chosen",
+            "generation": (
+                "transformers' generate() of an encoder-decoder model whose decoder prompt is tokens.decoder_start "
+                "alone: greedy or beam search with the generation options; eos = generation.eos_token_id or "
+                "tokens.eos, pad = generation.pad_token_id or tokens.pad"),
+            "text": "the token bytes of the ids concatenated (special tokens kept), decoded as UTF-8 (bad bytes: U+FFFD)",
+            "answer": ("transformers' Florence2Processor.post_process_generation(text, task, (width, height) of "
+                       "the image as given), with post_processing and tasks.<task>.parse_type"),
+        }
+        if s is None:
+            flow.update({
+                "decoder.input_ids": ("the last token of each row, tokens.decoder_start at the first step; row "
+                                      "b * beams + k is beam k of image b"),
+                f"decoder.{kv(past)}": (f"decoder.{kv(present)} of the previous step, rows reordered as the beams "
+                                        "are (row r takes old row beam_idx[r]); at the first step [rows, heads, 0, "
+                                        "head_dim] (empty)"),
+            })
+        else:
+            flow.update({
+                "decoder.input_ids": ("the last token of each beam, tokens.decoder_start at the first step; beam k "
+                                      "in row k; rows past the beams in use take token 0 and are ignored"),
+                "decoder.position": "the number of steps run before this one (0 at the first step)",
+                f"decoder.{kv(past)}": (f"fixed buffers [static.beams, heads, static.max_decode, head_dim], zeros at "
+                                        f"first; after each step decoder.{kv(present)} (one slot) is written at slot "
+                                        "position; beam search reorders slots 0..position of the rows"),
+            })
+        return dict(sorted(flow.items()))
+
     def check_request(self, prompt_lengths: list[int], max_new_tokens: int, num_beams: int) -> None:
         """LimitError naming the limit, before any graph runs: the encoder's and the decoder's learned
         positions (a backend would raise deep inside, or silently run past the table), and a static

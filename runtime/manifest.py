@@ -16,6 +16,10 @@ so a malformed one fails at load with one line naming the field, never later ins
     graphs           {name: GraphRecord}: file, sha256, bytes, I/O {name: {"dtype", "shape"}} as the
                      contract derives it, parity figures, OpenVINO's weights file, other variants
     files            {name: FileRecord}: the tokenizer and files beside the graphs (shared weights)
+    mobile           null, or what a native app needs beyond the graphs (`--mobile`, docs/mobile.md):
+                     the onnxruntime that wrote each graph's "ort" variant, the reduced-operator config,
+                     the id -> token-bytes table and the dataflow between the graphs, stated in words
+    conformance      null, or the test-vector file in `files` (`--conformance`, runtime/vectors.py)
     checksum         sha256 of every other field: an edited manifest is refused at load
                      (`python -m runtime.manifest seal FOLDER` re-seals a deliberate edit)
 
@@ -61,6 +65,7 @@ class FileRef:
     bytes: int
     sha256: str | None = None
     files: dict[str, FileRecord] | None = None
+    parity: dict | None = None  # an "ort" variant: its own run of the parity gate
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,19 @@ class GenerationDefaults:
 class TaskRecord:
     prompt: str  # "{input}" marks where a task's text goes
     parse_type: str
+    # A task without text: its prompt's ids exactly ([bos] + BPE + [eos]), so an app needs no tokenizer.
+    prompt_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MobileRecord:
+    """What a native app needs beyond the graphs (python -m export --mobile; docs/mobile.md)."""
+
+    ort_version: str  # the onnxruntime that wrote the .ort variants: run them with this version or newer
+    ort_optimization: str  # how they were optimized before saving (baked into the files)
+    operators_config: str  # in `files`: the operators a minimal ORT build must include (--include_ops_by_config)
+    token_bytes: str  # in `files`: id -> the bytes of its token, to turn ids into text without a tokenizer
+    dataflow: dict[str, str]  # graph input (or rule) -> where its value comes from, in words (Contract.dataflow)
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,8 @@ class Manifest:
     graphs: dict[str, GraphRecord] = field(default_factory=dict)
     files: dict[str, FileRecord] = field(default_factory=dict)
     static: StaticLayout | None = None
+    mobile: MobileRecord | None = None
+    conformance: str | None = None  # the test-vector file, in `files`
     format_version: int = FORMAT_VERSION
     checksum: str | None = None
     _explicit_nulls: ClassVar[tuple[str, ...]] = ("static",)  # "static": null says "dynamic shapes"
@@ -308,11 +328,36 @@ def _first_problem(m: Manifest) -> str | None:
             return f"post_processing: no settings for parse type {task.parse_type!r} (task {token})"
     if m.static is not None and m.static.problems(dims):
         return f"static: {m.static.problems(dims)[0]}"
+    problem = _mobile_problem(m)
+    if problem:
+        return problem
     try:
         token_rules(m), default_options(m)
     except ArtifactError as err:
         return str(err).removeprefix("manifest ")
     return _graph_problem(m)
+
+
+def _mobile_problem(m: Manifest) -> str | None:
+    """Prompt ids only for tasks without text, inside the vocabulary; files named by `mobile` and
+    `conformance` listed in `files`; a mobile artifact has an "ort" variant of every graph."""
+    for token, task in m.tasks.items():
+        if task.prompt_ids is None:
+            continue
+        if "{input}" in task.prompt:
+            return f"tasks.{token}.prompt_ids: a task that takes text has no fixed prompt ids"
+        if not task.prompt_ids or not all(0 <= i < m.dims.tokenizer_size for i in task.prompt_ids):
+            return f"tasks.{token}.prompt_ids: expected ids below tokenizer_size {m.dims.tokenizer_size}"
+    named = {"conformance": m.conformance}
+    if m.mobile is not None:
+        named.update({"mobile.operators_config": m.mobile.operators_config, "mobile.token_bytes": m.mobile.token_bytes})
+        missing = [name for name, graph in m.graphs.items() if "ort" not in graph.variants]
+        if missing:
+            return f"graphs.{missing[0]}.variants: a mobile artifact needs an \"ort\" variant of every graph"
+    for where, name in named.items():
+        if name is not None and name not in m.files:
+            return f"{where}: {name!r} is not listed in files"
+    return None
 
 
 def _graph_problem(m: Manifest) -> str | None:

@@ -75,10 +75,11 @@ class Florence2:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True,
-             inference_precision: str | None = None) -> Florence2:
+             inference_precision: str | None = None, prefer_ort: bool = False) -> Florence2:
         """Open an artifact folder. `verify` checks the manifest's checksum and every file's sha256 first
         (a few seconds for large models). `inference_precision` ("f32" default, "bf16", "f16") is the
-        compute precision of an openvino artifact."""
+        compute precision of an openvino artifact. `prefer_ort` runs the ORT-format graphs of a
+        `--mobile` artifact (what an app runs with ONNX Runtime Mobile) instead of the .onnx files."""
         folder = Path(path)
         manifest = read_manifest(folder, verify=verify)
         if device == "npu" and not manifest.static:
@@ -88,12 +89,14 @@ class Florence2:
             if manifest.target != "openvino":
                 raise ArtifactError(f"inference_precision applies to openvino artifacts; {folder} is {manifest.target}")
             options["inference_precision"] = inference_precision
+        if prefer_ort and any("ort" not in g.variants for g in manifest.graphs.values()):
+            raise ArtifactError(f"prefer_ort: {folder} has no ORT-format graphs; export it with --mobile")
         tokens = manifest.tokens
         tokenizer = PromptTokenizer(folder / TOKENIZER_NAME, tokens.bos, tokens.eos, tokens.pad)
         if len(tokenizer) != manifest.dims.tokenizer_size:
             raise ArtifactError(f"{folder / TOKENIZER_NAME} has {len(tokenizer)} tokens; the manifest says "
                                 f"{manifest.dims.tokenizer_size}: tokenizer and graphs do not belong together")
-        graphs = {name: Graph(_open(manifest, folder, name, device, options), manifest.contract.graph(name))
+        graphs = {name: Graph(_open(manifest, folder, name, device, options, prefer_ort), manifest.contract.graph(name))
                   for name in GRAPH_NAMES}
         return cls(manifest, folder, graphs, tokenizer)
 
@@ -190,11 +193,13 @@ class Florence2:
         return self._step_type(self.graphs["decoder"], self.contract, cross, mask)
 
 
-def _open(manifest: Manifest, folder: Path, name: str, device: str, options: dict):
+def _open(manifest: Manifest, folder: Path, name: str, device: str, options: dict, prefer_ort: bool = False):
     from platforms import PlatformError, open_session
 
+    # onnxruntime reads the ORT format from a .ort file as it reads ONNX from a .onnx one.
+    path = folder / manifest.graphs[name].variants["ort"].file if prefer_ort else manifest.graph_path(folder, name)
     try:
-        return open_session(manifest.target, manifest.graph_path(folder, name), device=device, **options)
+        return open_session(manifest.target, path, device=device, **options)
     except PlatformError as err:
         raise BackendError(str(err)) from None
 

@@ -127,6 +127,11 @@ class Preprocessor:
                 out[channel] = table[channel][rgb[:, :, channel]]
         return batch
 
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """uint8 [height, width, 3]: the image after RGB conversion and resize, before rescale and
+        normalize (what the conformance vectors store, so a port can test the rest of its path exactly)."""
+        return self._rgb_resized(image, 0)
+
     def lookup_table(self) -> np.ndarray:
         """float32 [3, 256]: the rescaled and normalized value of each uint8 level, per channel.
 

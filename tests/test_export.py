@@ -68,7 +68,11 @@ def test_manifest_describes_the_artifact(onnx_artifact, hf_model, hf_processor):
     assert data["generation"]["no_repeat_ngram_size"] == generation.no_repeat_ngram_size
     assert data["preprocessing"]["size"] == {"height": 768, "width": 768}
     assert data["preprocessing"]["image_std"] == list(hf_processor.image_processor.image_std)
-    assert data["tasks"]["<OCR_WITH_REGION>"] == {"prompt": "What is the text in the image, with regions?", "parse_type": "ocr"}
+    ocr = data["tasks"]["<OCR_WITH_REGION>"]
+    assert (ocr["prompt"], ocr["parse_type"]) == ("What is the text in the image, with regions?", "ocr")
+    prompt = "What is the text in the image, with regions?"
+    assert ocr["prompt_ids"] == [tok.bos_token_id, *tok.encode(prompt, add_special_tokens=False), tok.eos_token_id]
+    assert "prompt_ids" not in data["tasks"]["<CAPTION_TO_PHRASE_GROUNDING>"]  # takes text: no fixed ids
     assert data["post_processing"] == hf_processor.post_processor_config
     for name, graph in data["graphs"].items():
         path = onnx_artifact / graph["file"]
