@@ -116,8 +116,12 @@ class OpenVINOSession:
                  cache_dir=DEFAULT, threads: int | None = None):
         name = check_device(device)
         config = compile_config(name, inference_precision, cache_dir, threads)
-        # From the path, not a read ov.Model: with a cache, a second load skips reading the IR.
-        self._compiled = core().compile_model(str(path), name, config)
+        _check_ir(path)
+        try:
+            # From the path, not a read ov.Model: with a cache, a second load skips reading the IR.
+            self._compiled = core().compile_model(str(path), name, config)
+        except RuntimeError as err:  # OpenVINO's one exception type, a C++ trace of several lines
+            raise PlatformError(f"{path.name}: OpenVINO cannot load this graph: {message(err)}") from None
         self._idle = [self._compiled.create_infer_request()]  # requests no call is using
         self._lock = threading.Lock()
         self.path = path
@@ -140,6 +144,8 @@ class OpenVINOSession:
             # are megabytes per step); outputs are copied, since the request's next run overwrites its own.
             result = request.infer(feeds, share_inputs=True)
             by_name = {port.get_any_name(): value for port, value in result.items()}
+        except RuntimeError as err:
+            raise PlatformError(f"{self.path.name}: {message(err)}") from None
         finally:
             with self._lock:
                 self._idle.append(request)
@@ -152,6 +158,25 @@ class OpenVINOSession:
             if self._idle:
                 return self._idle.pop()
         return self._compiled.create_infer_request()
+
+
+def _check_ir(path: Path) -> None:
+    """An .xml that is no IR would be offered to every frontend OpenVINO has (each logging its own
+    parse errors to stderr): refused first, in one line."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        raise PlatformError(f"{path.name}: cannot read the graph: {err.strerror}") from None
+    if b"<net" not in head:
+        raise PlatformError(f"{path.name}: not an OpenVINO IR graph (expected the XML of a <net>)")
+
+
+def message(err: BaseException) -> str:
+    """The line of an OpenVINO error that says what is wrong, not where in its C++ sources."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(err).__name__])[0]
 
 
 def open_session(path: Path, device: str = "cpu", **options) -> OpenVINOSession:
