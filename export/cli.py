@@ -144,6 +144,6 @@ def _main(args) -> int:
         return 2
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
-        print(f"export: {what}; {err or 'nothing was written'}", file=sys.stderr)
+        print(f"export: {what}; {str(err) or 'nothing was written'}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     return 0

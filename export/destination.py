@@ -152,8 +152,14 @@ def _swap(staging: Path, output: Path) -> None:
         replacing = output.exists()
         if replacing:
             os.replace(output, previous)
+        try:
             fault_point("swap")
-        os.replace(staging, output)
+            os.replace(staging, output)
+        except BaseException:  # the new artifact cannot go in: the old one goes back
+            if replacing:
+                os.replace(previous, output)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         _fsync(output.parent)
         fault_point("swapped")
         if replacing:
@@ -196,12 +202,15 @@ def recover(output: Path) -> None:
     ours = [(p, m) for p in siblings if (m := _OURS.match(p.name)) and m["name"] == output.name
             and p.is_dir() and not p.is_symlink()]
     dead = [(p, m) for p, m in ours if not alive(int(m["pid"]), m["host"])]
-    if not output.exists() and len(dead) == len(ours):  # a running export may be between its two renames
-        aside = [p for p, m in dead if m["kind"] == "previous" and artifact_problem(p, complete=True) is None]
-        if aside:
-            restored = max(aside, key=lambda p: p.stat().st_mtime)
-            os.replace(restored, output)
-            log.warning("restored %s: an interrupted export had moved it to %s", output, restored.name)
+    if not output.exists():
+        if len(dead) < len(ours):  # a running export may be between its two renames: restore nothing yet
+            dead = [(p, m) for p, m in dead if m["kind"] == "partial"]
+        else:
+            aside = [p for p, m in dead if m["kind"] == "previous" and artifact_problem(p, complete=True) is None]
+            if aside:
+                restored = max(aside, key=lambda p: p.stat().st_mtime)
+                os.replace(restored, output)
+                log.warning("restored %s: an interrupted export had moved it to %s", output, restored.name)
     swept = [p for p, _ in dead if p.exists()]
     for path in swept:
         shutil.rmtree(path, ignore_errors=True)

@@ -64,8 +64,8 @@ def _open(path: Path) -> Image.Image:
     try:
         # The context manager closes the file; the decoded pixels stay with the image object.
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)  # counted first: counting seeks, which undoes a decode
             _decode(image, repr(str(path)))
-            frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 warnings.warn(f"{str(path)!r} has {frames} frames; only the first is used (to run the others, "
                               "open it with PIL and pass each frame after image.seek(n))", ImageWarning, stacklevel=3)
