@@ -129,6 +129,17 @@ def _missing_shard(folder: Path) -> None:
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
 
 
+def _nan_vision(folder: Path) -> None:
+    """NaN in the vision tower's weights (as a never-initialised tensor holds): transformers' own
+    outputs are NaN, which the parity gate once took for "no difference" (max() drops a NaN)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in state if "vision" in k and state[k].is_floating_point() and state[k].ndim > 1)
+    state[key][:] = float("nan")
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 @dataclass(frozen=True)
 class ExportCase:
     name: str
@@ -164,6 +175,8 @@ CASES = [
                "pytorch_model.bin: refused: it holds Python objects other than tensors (posix.system)"),
     ExportCase("weights index naming a missing shard", _damaged(_missing_shard),
                "model-00002-of-00002.safetensors is missing"),
+    ExportCase("NaN weights in the checkpoint", _damaged(_nan_vision),
+               "the checkpoint's own vision_encoder output image_features is not finite (NaN or infinity) in PyTorch"),
     ExportCase("config.json not JSON", _damaged(lambda f: (f / "config.json").write_text("{")), "is not valid JSON"),
     ExportCase("--model is a file", lambda tmp, c, a: Setup(["--model", c / "config.json", "--output", tmp / "o"], [c]),
                "config.json: a file, not a folder"),
