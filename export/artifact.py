@@ -1,18 +1,12 @@
-"""Assemble the manifest from a checkpoint, and write the artifact folder atomically.
+"""Assemble the manifest from a checkpoint, and write the tokenizer into the artifact folder.
 
-The folder is built in a hidden staging folder beside the destination and moved into place only
-when every graph has passed the parity gate: an export that fails or is interrupted leaves the
-destination as it was (absent, or the previous artifact when --overwrite was given).
+The folder itself (staging, the swap into place, what --overwrite may replace) is export/destination.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from runtime.contract import Contract
@@ -30,36 +24,6 @@ _PREPROCESSING_KEYS = (
     "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
     "do_normalize", "image_mean", "image_std", "do_convert_rgb",
 )
-
-
-def check_destination(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise ExportError(f"--output {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"--output {output} is not empty; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def staged_folder(output: Path):
-    """Yield a fresh folder on the same filesystem as `output`; on success swap it into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact should not be
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if output.exists():
-        previous = output.with_name(f".{output.name}.previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(output, previous)
-    os.replace(staging, output)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _plain(value):

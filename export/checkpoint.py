@@ -37,7 +37,9 @@ def check_folder(folder: Path) -> None:
     """Refuse, with one line, a folder that is not a native Florence-2 checkpoint (the original layout
     is recognised before this check, by `is_original_layout`)."""
     if not folder.is_dir():
-        raise ExportError(f"--model {folder}: not a folder (expected a Florence-2 checkpoint folder or a hub id like florence-community/Florence-2-base)")
+        what = "a file, not a folder" if folder.is_file() else "not a folder (no such path)"
+        raise ExportError(f"--model {folder}: {what}; expected a Florence-2 checkpoint folder or a hub id like "
+                          "florence-community/Florence-2-base")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ExportError(f"{folder} is not a Florence-2 checkpoint: expected config.json in it")

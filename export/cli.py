@@ -1,4 +1,5 @@
-"""`python -m export`: argument parsing and user-facing errors (one line, exit 2; parity failure exit 1)."""
+"""`python -m export`: argument parsing and user-facing errors (one line, exit 2; parity failure exit 1;
+interrupted: 130 for SIGINT, 143 for SIGTERM, after removing what the export had started to write)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import argparse
 import difflib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from runtime.cli import OneLineParser, _positive_int
 
+from .destination import check_destination, resolve_output
 from .errors import ExportError, ParityError
 from .targets import PRECISIONS, TARGETS
 
@@ -104,16 +108,35 @@ def quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C: every staging and scratch folder is removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return _main(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         _check_target(args)
         tasks = read_tasks(args.tasks)
+        output = args.output or default_output(args.model, args.target)
+        check_destination(resolve_output(output), args.overwrite)  # a refusal is instant (run_export checks again)
         from .pipeline import run_export  # heavy imports only once the arguments are good
 
         quiet_libraries()
-        output = args.output or default_output(args.model, args.target)
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
                    opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode,
                    static_beams=args.static_beams, tasks=tasks, mobile=args.mobile, conformance=args.conformance)
@@ -123,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("export: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except OSError as err:  # writing the artifact: a full disk, a file size limit, a folder gone read-only
+        print(f"export: error: cannot write the artifact: {' '.join(str(err).split())}; nothing was written",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        what = "terminated" if isinstance(err, Terminated) else "interrupted"
+        print(f"export: {what}; {str(err) or 'nothing was written'}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     return 0

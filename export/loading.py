@@ -6,12 +6,14 @@ Layout problems are reported as one line naming what was expected, before any he
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 
 from .checkpoint import Checkpoint, check_folder, load_native
 from .errors import ExportError
 from .original_layout import is_original_layout, load_original
+from .weights import check_weights
 
 log = logging.getLogger("export")
 
@@ -37,8 +39,9 @@ def load_checkpoint(source: str) -> Checkpoint:
         else:
             if not local:
                 check_folder(folder)
+            check_weights(folder)  # a damaged file: one line naming it, before transformers reads it
             checkpoint = load_native(str(folder))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # what loaders raise
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"cannot load Florence-2 checkpoint {source}: {first_line}") from None
     checkpoint.source = str(folder) if local else source

@@ -16,13 +16,13 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.tasks import DEFAULT_POST_PROCESSOR_CONFIG
 
 from .checkpoint import Checkpoint
+from .owners import scratch_folder
 from .vocabulary import FLORENCE_TOKENS, IMAGE_TOKEN
 from .errors import ExportError
 
@@ -210,7 +210,7 @@ def build_tokenizer(folder: Path):
     if "tokenizer.json" not in present and not {"vocab.json", "merges.txt"} <= set(present):
         raise ExportError(f"{folder} has no tokenizer: expected tokenizer.json, or vocab.json and merges.txt")
     # A folder holding only the tokenizer files: nothing else of the checkpoint is visible to the loader.
-    with tempfile.TemporaryDirectory(prefix="florence2-tokenizer-") as scratch:
+    with scratch_folder("tokenizer") as scratch:
         for name in present:
             shutil.copyfile(folder / name, Path(scratch) / name)
         tokenizer = BartTokenizer.from_pretrained(scratch)
@@ -276,21 +276,19 @@ def generation_config(folder: Path, text: dict, tokenizer):
 
 
 def read_weights(folder: Path) -> dict:
-    """Original key -> tensor. safetensors when present; a .bin only through weights_only unpickling."""
-    import torch
-    from safetensors.torch import load_file
+    """Original key -> tensor, from the files export/weights.py picks (safetensors when present; a .bin
+    only through weights_only unpickling), each checked first: a damaged one is one line naming it."""
+    from .weights import read_weight_file, weight_files
 
-    loaders = (("model.safetensors", load_file),
-               ("pytorch_model.bin", lambda p: torch.load(p, weights_only=True, map_location="cpu")))
-    for name, load in loaders:
-        index = folder / f"{name}.index.json"
-        files = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else [name]
-        if all((folder / f).is_file() for f in files):
-            state = {}
-            for f in files:
-                state.update(load(str(folder / f)))
-            return state
-    raise ExportError(f"{folder} has no weights: expected model.safetensors or pytorch_model.bin (or a sharded index)")
+    files = weight_files(folder)
+    if not files:
+        raise ExportError(f"{folder} has no weights: expected model.safetensors or pytorch_model.bin (or a sharded index)")
+    state = {}
+    for path in files:
+        if not path.is_file():
+            raise ExportError(f"{path} is missing: {folder} lists it in its weights index")
+        state.update(read_weight_file(path))
+    return state
 
 
 def _rename(key: str) -> str | None:

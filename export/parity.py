@@ -15,7 +15,7 @@ import numpy as np
 from runtime.contract import Contract
 from runtime.probes import graph_cases
 
-from .errors import ParityError
+from .errors import ExportError, ParityError
 from .specs import GraphSpec
 
 # The fidelity floor of a reduced-precision graph: the least cosine similarity to transformers' fp32
@@ -92,8 +92,11 @@ def check_graph(spec: GraphSpec, session, model, contract: Contract, precision: 
         got = session.run(feeds)
         want = spec.reference(model, feeds, contract)
         for name in spec.outputs:
+            if not np.isfinite(want[name]).all():  # NaN - NaN is no difference at all to np.max and max()
+                raise ExportError(f"the checkpoint's own {spec.name} output {name} is not finite (NaN or infinity) "
+                                  "in PyTorch: its weights are broken (an uninitialised or damaged tensor)")
             same_shape = got[name].shape == want[name].shape
-            if not same_shape:
+            if not same_shape or not np.isfinite(got[name]).all():
                 diff = float("inf")
             else:
                 diff = float(np.max(np.abs(got[name].astype(np.float64) - want[name]))) if want[name].size else 0.0

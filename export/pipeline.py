@@ -4,7 +4,6 @@ parity gate as soon as it is written -> tokenizer and manifest -> folder moved i
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,13 +13,16 @@ from runtime.contract import Contract, StaticLayout
 from runtime.manifest import FileRecord, FileRef, GraphRecord, Manifest, TensorRecord, file_record
 from runtime.probes import graph_cases
 
-from .artifact import build_manifest, check_destination, source_record, staged_folder, write_tokenizer
+from .artifact import build_manifest, source_record, write_tokenizer
 from .checkpoint import Checkpoint
-from .loading import load_checkpoint
 from .conformance_writer import write_conformance
-from .mobile import check_mobile_options, mobile_record, with_prompt_ids, write_ort_variants
+from .destination import prepare_destination, staged_folder, write_error
 from .errors import ExportError
 from .facts import read_contract
+from .faults import fault_point
+from .loading import load_checkpoint
+from .mobile import check_mobile_options, mobile_record, with_prompt_ids, write_ort_variants
+from .owners import scratch_folder
 from .parity import check_graph, raise_on_failures
 from .specs import graph_specs
 from .targets import TARGETS
@@ -56,9 +58,9 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
     if spec_target.static:  # a target that only runs fixed shapes (coreml) gets them without --static
         options = {**options, "static": True}
     mobile, conformance = check_mobile_options(spec_target, options)
-    check_destination(output, overwrite)
+    output = prepare_destination(output, overwrite)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="florence2-edge-") as scratch:
+    with scratch_folder("edge") as scratch:
         checkpoint = resolve_checkpoint(model, Path(scratch))
         contract = read_contract(checkpoint)
         if options.get("static"):
@@ -112,7 +114,14 @@ def _export_graph(spec, target, model, contract: Contract, folder: Path, step: s
     started = time.perf_counter()
     path = folder / f"{spec.name}{target.suffix}"
     example = graph_cases(contract, spec.name)[-1]  # the last case has every dynamic axis > 1
-    written = target.writer(spec, model, example, path, precision=precision, **options)
+    fault_point(f"before:{spec.name}")
+    try:
+        written = target.writer(spec, model, example, path, precision=precision, **options)
+    except Exception as err:  # a writer's own error type for a full disk (OpenVINO: "iostream error")
+        disk = write_error(folder)
+        if disk is not None:
+            raise disk from err
+        raise
     if target.verify:  # the backend cannot run here: the target checks what it can (export/coreml_check.py)
         parity = target.verify(spec, model, contract, written, precision=precision)
     else:
@@ -132,6 +141,7 @@ def _export_graph(spec, target, model, contract: Contract, folder: Path, step: s
                         outputs={t.name: _tensor_record(t, io.get("outputs", {}).get(t.name)) for t in spec.io.outputs},
                         parity=parity.to_dict(), weights=weights)
     _log_graph(step, spec.name, time.perf_counter() - started, graph, parity)
+    fault_point(f"after:{spec.name}")
     return graph, parity
 
 

@@ -3,7 +3,6 @@ backend the parity gate runs. OpenVINO and CoreML join it in their own modules."
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -41,7 +40,9 @@ def _onnx_writer(spec, model, example, path, precision="fp32", opset=None, **_):
     from quantize.onnx import quantize_onnx
 
     # The precision pass reads an fp32 graph: export one to a scratch file, quantize it into `path`.
-    with tempfile.TemporaryDirectory(prefix="florence2-fp32-") as scratch:
+    from .owners import scratch_folder
+
+    with scratch_folder("fp32") as scratch:  # named after this process: swept if it is killed
         fp32 = write_onnx(spec, model, example, Path(scratch) / Path(path).name, opset=opset or DEFAULT_OPSET)
         table = tuple(model.get_input_embeddings().weight.shape)  # the tied word embedding, [V, d]
         return quantize_onnx(fp32, Path(path), precision, spec.name, table_shape=table)

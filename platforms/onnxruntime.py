@@ -78,9 +78,9 @@ class OnnxSession:
             self._session = ort.InferenceSession(str(path), options, providers=plan.providers,
                                                  provider_options=plan.options)
         except Exception as err:  # onnxruntime's own exception types; one line for the user
-            if not plan.strict:
-                raise
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if not plan.strict:  # not a graph this onnxruntime can read (damaged, or from a newer exporter)
+                raise PlatformError(f"{path.name}: onnxruntime cannot load this graph: {first}") from None
             raise PlatformError(f"{path.name}: {plan.providers[0]} cannot run this graph on the {device}: {first}") from None
         # Hand the arena's free chunks back after every run: otherwise the vision tower's activations
         # (~0.5 GB at base size) stay resident through the whole decode and each graph's arena adds to

@@ -10,6 +10,9 @@
   compiling. OpenVINO keys a blob by the graph's path and checks it against the file, so an
   artifact exported again in place is recompiled, not served stale.
 - Devices: a device that is not present is an error naming the ones that are, never a fallback.
+- Threads: an `InferRequest` runs one inference at a time ("Infer Request is busy", or worse, another
+  call's outputs). A session keeps a pool of them: each call takes a free one (a new one when all are
+  busy), so concurrent calls on one loaded model run side by side, each with its own buffers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -112,9 +116,14 @@ class OpenVINOSession:
                  cache_dir=DEFAULT, threads: int | None = None):
         name = check_device(device)
         config = compile_config(name, inference_precision, cache_dir, threads)
-        # From the path, not a read ov.Model: with a cache, a second load skips reading the IR.
-        self._compiled = core().compile_model(str(path), name, config)
-        self._request = self._compiled.create_infer_request()
+        _check_ir(path)
+        try:
+            # From the path, not a read ov.Model: with a cache, a second load skips reading the IR.
+            self._compiled = core().compile_model(str(path), name, config)
+        except RuntimeError as err:  # OpenVINO's one exception type, a C++ trace of several lines
+            raise PlatformError(f"{path.name}: OpenVINO cannot load this graph: {message(err)}") from None
+        self._idle = [self._compiled.create_infer_request()]  # requests no call is using
+        self._lock = threading.Lock()
         self.path = path
         self.input_names = [port.get_any_name() for port in self._compiled.inputs]
         self.output_names = [port.get_any_name() for port in self._compiled.outputs]
@@ -129,12 +138,45 @@ class OpenVINOSession:
         for name, shape in self._fixed.items():
             if name in feeds and feeds[name].shape != shape:
                 raise PlatformError(f"{self.path.name}: expected shape {shape}, got {feeds[name].shape} for input {name}")
-        # share_inputs: OpenVINO reads the caller's arrays in place (the static decoder's KV buffers
-        # are megabytes per step); outputs are copied, since the next run overwrites its own.
-        result = self._request.infer(feeds, share_inputs=True)
-        names = outputs or self.output_names
-        by_name = {port.get_any_name(): value for port, value in result.items()}
-        return {name: by_name[name] for name in names}
+        request = self._take()
+        try:
+            # share_inputs: OpenVINO reads the caller's arrays in place (the static decoder's KV buffers
+            # are megabytes per step); outputs are copied, since the request's next run overwrites its own.
+            result = request.infer(feeds, share_inputs=True)
+            by_name = {port.get_any_name(): value for port, value in result.items()}
+        except RuntimeError as err:
+            raise PlatformError(f"{self.path.name}: {message(err)}") from None
+        finally:
+            with self._lock:
+                self._idle.append(request)
+        return {name: by_name[name] for name in outputs or self.output_names}
+
+    def _take(self):
+        """A request no other call is using: a pooled one, or a new one (the pool grows to the
+        highest number of concurrent calls; a request is small beside the compiled graph)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._compiled.create_infer_request()
+
+
+def _check_ir(path: Path) -> None:
+    """An .xml that is no IR would be offered to every frontend OpenVINO has (each logging its own
+    parse errors to stderr): refused first, in one line."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        raise PlatformError(f"{path.name}: cannot read the graph: {err.strerror}") from None
+    if b"<net" not in head:
+        raise PlatformError(f"{path.name}: not an OpenVINO IR graph (expected the XML of a <net>)")
+
+
+def message(err: BaseException) -> str:
+    """The line of an OpenVINO error that says what is wrong, not where in its C++ sources."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(err).__name__])[0]
 
 
 def open_session(path: Path, device: str = "cpu", **options) -> OpenVINOSession:

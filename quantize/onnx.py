@@ -18,6 +18,7 @@ import dataclasses
 import fnmatch
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,8 @@ def _fp16(model: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
 def _int8(model: onnx.ModelProto, keep: list[str], conv: bool, only: list[str] | None = None) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="florence2-q-") as scratch:
+    # Named after this process, as export/owners.py names scratch folders: the next export sweeps it if killed.
+    with tempfile.TemporaryDirectory(prefix=f"florence2-q-{os.getpid()}-") as scratch:
         out = Path(scratch) / "int8.onnx"
         # MatMulConstBOnly: attention's activation x activation MatMuls stay fp32 (quantizing both
         # sides per tensor at run time costs fidelity and buys nothing on CPU).

@@ -228,6 +228,8 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
     setting fails here, not as garbage output later)."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
+    if folder.is_file():
+        raise ArtifactError(f"{folder} is a file; expected an artifact folder (the one that holds {MANIFEST_NAME})")
     if not folder.is_dir():
         raise ArtifactError(f"artifact folder not found: {folder}")
     if not path.is_file():
