@@ -16,6 +16,7 @@ from runtime.cli import OneLineParser, _positive_int
 
 from .destination import check_destination, resolve_output
 from .errors import ExportError, ParityError
+from .mobile_options import check_mobile_options
 from .targets import PRECISIONS, TARGETS
 
 
@@ -69,8 +70,6 @@ def _check_target(args) -> None:
                         ("--static-beams", args.static_beams)):
         if value is not None and not (args.static or target.static):
             raise ExportError(f"{flag} applies to --static exports; add --static")
-    from .mobile import check_mobile_options
-
     check_mobile_options(target, {"mobile": args.mobile, "conformance": args.conformance})
     if args.opset is not None and not 17 <= args.opset <= 23:
         raise ExportError(f"--opset {args.opset} is not supported: expected 17..23")

@@ -43,18 +43,6 @@ ORT_SUFFIX = ".ort"
 ORT_OPTIMIZATION = "ORT_ENABLE_ALL, fixed style (no runtime optimizations saved), target_platform arm"
 
 
-def check_mobile_options(target, options: dict) -> tuple[bool, bool]:
-    """(mobile, conformance): --mobile for onnx only; vectors need a backend that runs here."""
-    mobile = bool(options.get("mobile"))
-    conformance = mobile if options.get("conformance") is None else bool(options["conformance"])
-    if mobile and "mobile" not in target.options:
-        raise ExportError(f"--mobile is for --target onnx (ONNX Runtime Mobile); not {target.name}")
-    if conformance and target.verify is not None:
-        raise ExportError(f"--conformance runs the artifact, and {target.name} graphs cannot run here: "
-                          "export --target onnx --mobile of the same checkpoint for vectors")
-    return mobile, conformance
-
-
 def write_ort_variants(folder: Path, specs, graphs: dict[str, GraphRecord], model, contract: Contract,
                        precision: str) -> tuple[dict[str, GraphRecord], list[GraphParity]]:
     """Convert each graph's .onnx to .ort beside it, run the parity gate on the .ort session, and

@@ -21,7 +21,8 @@ from .errors import ExportError
 from .facts import read_contract
 from .faults import fault_point
 from .loading import load_checkpoint
-from .mobile import check_mobile_options, mobile_record, with_prompt_ids, write_ort_variants
+from .mobile import mobile_record, with_prompt_ids, write_ort_variants
+from .mobile_options import check_mobile_options
 from .owners import scratch_folder
 from .parity import check_graph, raise_on_failures
 from .specs import graph_specs
