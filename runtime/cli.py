@@ -146,11 +146,7 @@ def _open_job(args):
     from .model import Florence2
 
     options = job_options(args)
-    items = scan(args.inputs, recursive=args.recursive)
-    if items.has_pdf:
-        from .batch.pdf import _pdfium
-
-        _pdfium()  # the extra is missing: one line now
+    items = scan(args.inputs, recursive=args.recursive)  # a PDF without the pdf extra: JobError here
     model = Florence2.load(args.model, device=args.device)
     job = Job(model, items, options)
     job.open()

@@ -55,10 +55,6 @@ class Scan:
     hidden: int = 0  # hidden files and folders skipped
     other: int = 0  # files that are neither images nor PDFs, skipped
 
-    @property
-    def has_pdf(self) -> bool:
-        return any(item.page is not None or item.path.lower().endswith(PDF_SUFFIX) for item in self.items)
-
 
 def scan(inputs: list[str], recursive: bool = False) -> Scan:
     """The items of `inputs`, in order, each name once. A missing input is a JobError (nothing runs)."""

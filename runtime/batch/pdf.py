@@ -35,17 +35,29 @@ def _document(path: str):
     with _LOCK:
         try:
             document = pdfium.PdfDocument(path)
-        except pdfium.PdfiumError as err:
-            reason = " ".join(str(err).split())
-            if "password" in reason.lower():
-                raise ImageError(f"cannot open PDF {path!r}: it is encrypted (password-protected)") from None
-            raise ImageError(f"cannot open PDF {path!r}: {reason}") from None
+        except pdfium.PdfiumError:
+            raise ImageError(f"cannot open PDF {path!r}: {_why_not(path)}") from None
         except OSError as err:
             raise ImageError(f"cannot read PDF {path!r}: {err.strerror or err}") from None
         try:
             yield document
         finally:
             document.close()
+
+
+def _why_not(path: str) -> str:
+    """Why pdfium refused `path`. Not from pdfium's error code: it is left over from an earlier failure
+    when the parse itself succeeds (a PDF without pages), so the file is looked at instead."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as err:
+        return err.strerror or str(err)
+    if b"%PDF-" not in data[:1024]:  # readers accept the header anywhere in the first 1 KB
+        return "not a PDF (no %PDF- header)"
+    if b"/Encrypt" in data:
+        return "it is encrypted (password-protected)"
+    return "damaged, truncated or without pages"
 
 
 def page_count(path: str) -> int:
