@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=csv, default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-cli", action="store_true", help="only the batch measurement")
+    parser.add_argument("--skip-batch", action="store_true", help="only the CLI against the plain loop")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--loop-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -174,10 +175,11 @@ def main(argv=None) -> int:
         paths = write_pages(folder, args.pages)
         print(f"{args.pages} pages of {PAGE_SIZE[0]}x{PAGE_SIZE[1]}, {TASK}, {args.tokens} tokens each, {artifact}",
               flush=True)
-        rows = batch_rounds(artifact, paths, args)
+        rows = [] if args.skip_batch else batch_rounds(artifact, paths, args)
         cli = None if args.skip_cli else cli_rounds(artifact, folder, paths, args)
     print()
-    print("batch  beams  pages/min  x batch 1")
+    if rows:
+        print("batch  beams  pages/min  x batch 1")
     for row in rows:
         print(f"{row['batch']:>5}  {row['beams']:>5}  {row['pages_per_min']:>9.2f}  {row['vs_batch_1']:>9.2f}")
     if cli:
