@@ -1,32 +1,29 @@
-"""`python -m runtime`: run an artifact on images and folders, one JSON line per image on stdout.
+"""`python -m runtime`: run an artifact on images, folders and PDFs; one JSON record per item.
 
-    python -m runtime --model ARTIFACT photo.jpg photos/ --task "<OD>" [--annotate out/]
+    python -m runtime --model ARTIFACT scans/ report.pdf --task "<OCR>" [--output results.jsonl]
 
-stdout carries only JSON lines (runtime/records.py): `{"image", "task", "result", "seconds",
-"image_size"}` for an answer, `{"image", "task", "error"}` for an image that cannot be read (also told
-on stderr as `runtime: error: ...`).
-Exit status: 0 all images answered, 1 some image failed, 2 bad arguments or artifact (nothing run).
+Without --output, stdout carries only JSON lines (runtime/records.py): `{"image", "task", "result",
+"seconds", "image_size"}` for an answer, `{"image", "task", "error"}` for an item that failed (also
+told on stderr as `runtime: error: ...`). With --output, the records go to a resumable results file
+(runtime/batch/results.py) instead. Progress and the summary line go to stderr.
+Exit status: 0 all items answered, 1 some item failed, 2 bad arguments, artifact or output (nothing
+run), 130 interrupted (Ctrl-C; 143 on SIGTERM): the same command resumes.
+
+The job itself lives in runtime/batch/; this module is the argument layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import json
+import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
 from .errors import Florence2Error
-from .images import is_image_file, load_image
-from .records import error_record, result_record
 
 PROG = "runtime"
-
-
-class UsageError(Florence2Error):
-    """A bad command line: reported in one line, exit 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -53,128 +50,80 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+# (flag, generation option, type, help): the generation overrides the CLI offers.
+GENERATION_FLAGS = (
+    ("--num-beams", "num_beams", _positive_int, "beam count (default: the artifact's own)"),
+    ("--max-new-tokens", "max_new_tokens", _positive_int, "token limit (default: the artifact's own)"),
+    ("--min-new-tokens", "min_new_tokens", _non_negative_int, "tokens before EOS is allowed (default: the artifact's)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=f"python -m {PROG}", description="Run an exported Florence-2 artifact on images. "
-                     "Prints one JSON line per image; exit 1 if any image failed, 2 on bad arguments.")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
-                        help="image files, or folders whose image files are all run (not recursive)")
+    parser = OneLineParser(prog=f"python -m {PROG}", description="Run an exported Florence-2 artifact on images, "
+                           "folders and PDFs: one JSON record per item on stdout, or in a resumable results file "
+                           "with --output. Exit 1 if any item failed, 2 on bad arguments, 130 when interrupted.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, PDFs (one item per page), multi-page TIFFs (one per frame), folders")
     parser.add_argument("--model", required=True, type=Path, help="artifact folder written by `python -m export`")
     parser.add_argument("--task", required=True, help='task token, e.g. "<OD>", "<CAPTION>", "<OCR_WITH_REGION>"')
     parser.add_argument("--text", help="text input of the tasks that take one (grounding, segmentation, regions)")
-    parser.add_argument("--num-beams", type=_positive_int, help="beam count (default: the artifact's own)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, help="token limit (default: the artifact's own)")
-    parser.add_argument("--ids", action="store_true", help="also print the generated token ids of each image")
+    for flag, _, kind, text in GENERATION_FLAGS:
+        parser.add_argument(flag, type=kind, help=text)
+    parser.add_argument("--ids", action="store_true", help="also record the generated token ids of each item")
     parser.add_argument("--device", default="cpu", help="cpu, gpu, npu or auto; ane or all for coreml artifacts (default: cpu)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per batch (default: 1)")
-    parser.add_argument("--annotate", type=Path, metavar="OUT_DIR",
-                        help="also write each image with its answer drawn on it, as OUT_DIR/<stem>.png")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="items per model call (default: 1)")
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("-r", "--recursive", action="store_true", help="also take the files of subfolders")
+    inputs.add_argument("--dpi", type=_positive_number, default=200.0, help="PDF rendering resolution (default: 200)")
+    inputs.add_argument("--max-pixels", type=_positive_int, default=None,
+                        help="an image or page with more pixels fails alone (default: 100000000)")
+    inputs.add_argument("--exif-transpose", action="store_true",
+                        help="turn photos upright by their EXIF orientation (off by default, as in transformers)")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("-o", "--output", type=Path, metavar="FILE",
+                         help="results file (JSON lines with a header); the same command again resumes it")
+    outputs.add_argument("--restart", action="store_true", help="start --output over instead of resuming it")
+    outputs.add_argument("--annotate", type=Path, metavar="DIR", help="also write each image with its answer drawn on it")
+    outputs.add_argument("--text-dir", type=Path, metavar="DIR", help="also write the text of each item (OCR tasks)")
+    outputs.add_argument("--searchable-pdf", type=Path, metavar="DIR",
+                         help="with <OCR_WITH_REGION>: write each PDF and image with an invisible, searchable text layer")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    shown.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary; errors only")
     return parser
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders become their image files, sorted by name. A missing path is a usage
-    error (nothing runs), an unreadable file is a per-image error found later."""
-    paths = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
-            if not found:
-                print(f"{PROG}: warning: no image files in {name}", file=sys.stderr)
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise UsageError(f"no such image file or folder: {name}")
-    if not paths:
-        raise UsageError(f"no image files in {', '.join(inputs)}")
-    return paths
+def job_options(args):
+    """The parsed command line as JobOptions (checked there, in one place)."""
+    from .batch.job import JobOptions
+    from .batch.sources import DEFAULT_MAX_PIXELS, SourceOptions
 
-
-def _emit(record: dict) -> None:
-    # Flushed per line, so a consumer piping the output sees each image as soon as it is done.
-    print(json.dumps(record), flush=True)
-
-
-def _fail(path: Path, task: str, message: str) -> None:
-    _emit(error_record(str(path), task, message))
-    where = "" if str(path) in message else f"{path}: "  # load_image's messages already name it
-    print(f"{PROG}: error: {where}{message}", file=sys.stderr, flush=True)
-
-
-def _prepare(args):
-    """Everything that can fail for a reason other than one image: artifact, task, text, options.
-    Returns (model, generation overrides); raises Florence2Error (exit 2)."""
-    from .model import Florence2
-    from .prompts import build_prompt
-
-    if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
-        raise UsageError(f"--annotate expects a folder; {args.annotate} is a file")
-    model = Florence2.load(args.model, device=args.device)
-    build_prompt(args.task, args.text, model.tasks)  # unknown task or wrong text: before any image
-    overrides = {name: value for name, value in
-                 (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens)) if value is not None}
-    try:
-        model.defaults.replace(**overrides)
-    except ValueError as err:
-        # e.g. --max-new-tokens below the artifact's min_new_tokens
-        raise UsageError(str(err)) from None
-    if args.annotate is not None:
-        args.annotate.mkdir(parents=True, exist_ok=True)
-    return model, overrides
-
-
-def _load_all(paths: list[Path], task: str) -> tuple[list[tuple[Path, object]], int]:
-    """Decode every image up front, so a bad one is reported alone and never breaks a batch."""
-    loaded, failed = [], 0
-    for path in paths:
-        try:
-            loaded.append((path, load_image(path)))
-        except Florence2Error as err:
-            _fail(path, task, str(err))
-            failed += 1
-    return loaded, failed
-
-
-def _annotation_name(path: Path, used: set[str]) -> str:
-    name = f"{path.stem}.png"
-    if name in used:
-        # a.jpg and a.png (or a.jpg from two folders) would overwrite each other's picture.
-        name = f"{path.stem}-{len(used)}.png"
-    used.add(name)
-    return name
-
-
-def _run_batches(model, loaded: list, args, overrides: dict) -> int:
-    """Run the loaded images in batches, emit one line each; returns how many failed."""
-    from .annotate import annotate
-
-    failed, used_names = 0, set()
-    for start in range(0, len(loaded), args.batch_size):
-        batch = loaded[start : start + args.batch_size]
-        began = time.perf_counter()
-        try:
-            results = model.run([image for _, image in batch], args.task, args.text, **overrides)
-        except Florence2Error as err:
-            for path, _ in batch:
-                _fail(path, args.task, str(err))
-            failed += len(batch)
-            continue
-        # A batch is one computation: each image is charged its share of the batch's time.
-        seconds = (time.perf_counter() - began) / len(batch)
-        for (path, image), run in zip(batch, results):
-            result = run.answer[args.task]
-            if args.annotate is not None:
-                target = args.annotate / _annotation_name(path, used_names)
-                try:
-                    annotate(image, result).save(target, format="PNG")
-                except OSError as err:
-                    _fail(path, args.task, f"cannot write {target}: {err}")
-                    failed += 1
-                    continue
-            _emit(result_record(str(path), args.task, result, seconds, run.image_size,
-                                **({"ids": run.ids} if args.ids else {})))
-    return failed
+    generation = {name: getattr(args, flag[2:].replace("-", "_")) for flag, name, _, _ in GENERATION_FLAGS}
+    source = SourceOptions(dpi=args.dpi, exif_transpose=args.exif_transpose,
+                           max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels)
+    return JobOptions(task=args.task, text=args.text, generation={k: v for k, v in generation.items() if v is not None},
+                      batch_size=args.batch_size, source=source, output=args.output, restart=args.restart,
+                      annotate=args.annotate, text_dir=args.text_dir, searchable_pdf=args.searchable_pdf, ids=args.ids)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -182,23 +131,55 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (the job stops cleanly), with its own exit status."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _open_job(args):
+    """Scan, load, check and open everything that can fail for a reason other than one item."""
+    from .batch.items import scan
+    from .batch.job import Job
+    from .model import Florence2
+
+    options = job_options(args)
+    items = scan(args.inputs, recursive=args.recursive)  # a PDF without the pdf extra: JobError here
+    model = Florence2.load(args.model, device=args.device)
+    job = Job(model, items, options)
+    job.open()
+    return job
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
-        try:
-            paths = expand_inputs(args.inputs)
-            model, overrides = _prepare(args)
-        except Florence2Error as err:
-            print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
-        try:
-            loaded, failed = _load_all(paths, args.task)
-            failed += _run_batches(model, loaded, args, overrides)
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
-    return 1 if failed else 0
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if hasattr(signal, "SIGTERM") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
+    try:
+        job = _open_job(args)
+    except Florence2Error as err:
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 143 if isinstance(stop, _Terminated) else 130
+    try:
+        summary = job.run(progress=not args.quiet and (args.progress or sys.stderr.isatty()))
+    finally:
+        job.close()
+    if not args.quiet:
+        print(summary.line(), file=sys.stderr, flush=True)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0

@@ -70,12 +70,13 @@ def test_folder_reports_each_image_and_exits_1(folder_run, folder):
     for record in records:
         assert record["task"] == "<OD>"
     for record in results.values():
-        assert set(record) == {"image", "task", "result", "seconds", "image_size"} and record["seconds"] >= 0
+        assert set(record) == {"image", "task", "result", "seconds", "image_size", "files"} and record["seconds"] >= 0
     assert results["a.png"]["image_size"] == [320, 240] and results["b.jpg"]["image_size"] == [200, 300]
     for record in errors.values():
         assert "\n" not in record["error"]
     stderr = proc.stderr.splitlines()
-    assert len(stderr) == 3 and all(line.startswith("runtime: error: ") for line in stderr)
+    assert len(stderr) == 4 and all(line.startswith("runtime: error: ") for line in stderr[:3])
+    assert stderr[3].startswith("runtime: 5 items: 2 answered, 0 skipped (already done), 3 failed in ")
     assert "truncated" in errors["d.png"]["error"] and "empty" in errors["e.png"]["error"]
 
 
@@ -91,10 +92,12 @@ def test_cli_result_equals_in_process_result(folder_run, folder, onnx_artifact):
 
 def test_annotate_writes_one_png_per_good_image(folder_run, folder):
     _, records, out = folder_run
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    # Named after the whole file name, so a.jpg and a.png would stay apart; each record names its file.
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png.png", "b.jpg.png"]
     for record in (r for r in records if "result" in r):
         source = Image.open(record["image"]).convert("RGB")
-        drawn = Image.open(out / (Path(record["image"]).stem + ".png"))
+        assert record["files"] == [str(out / (Path(record["image"]).name + ".png"))]
+        drawn = Image.open(record["files"][0])
         assert drawn.format == "PNG" and drawn.size == source.size
         mask = changed(source, drawn.convert("RGB"))
         assert mask.any() == bool(record["result"]["bboxes"])
@@ -107,7 +110,7 @@ def test_annotate_writes_one_png_per_good_image(folder_run, folder):
 def test_batches_give_the_same_results(onnx_artifact, folder, folder_run):
     _, records, _ = folder_run
     proc = run_cli("--model", onnx_artifact, folder / "a.png", folder / "b.jpg", "--task", "<OD>",
-                   "--max-new-tokens", TOKENS, "--batch-size", "2")
+                   "--max-new-tokens", TOKENS, "--batch-size", "2", "-q")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     batched = [json.loads(line) for line in proc.stdout.splitlines()]
