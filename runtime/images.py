@@ -58,7 +58,7 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
 
 
 def _open(path: Path) -> Image.Image:
-    problem = _path_problem(path)
+    problem = path_problem(path)
     if problem:
         raise ImageError(f"expected an image file; {str(path)!r} {problem}")
     try:
@@ -76,7 +76,7 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-def _path_problem(path: Path) -> str | None:
+def path_problem(path: Path) -> str | None:
     """What makes `path` no image file, before PIL sees it (a FIFO would block it forever)."""
     try:
         info = path.stat()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -139,6 +140,7 @@ class ImageCase:
     warning: str | None = None  # in the ImageWarning it is answered with
     size: tuple[int, int] | None = None  # the image_size of the answer
     cli: bool = True  # also an input of the CLI run (a path the CLI takes as a file)
+    cli_frames: int = 0  # the CLI runs each frame of a multi-page file as its own item, "path#frame=N"
 
 
 _PHOTO = sample_image(5, (120, 80))
@@ -169,7 +171,8 @@ IMAGES = [
     ImageCase("16-bit PNG in 8-bit range", _save("deep-low.png", _sixteen_bit(255)), size=(64, 48)),
     ImageCase("animated GIF", _frames("anim.gif", 3, duration=50, loop=0), warning="has 3 frames; only the first",
               size=(80, 60)),
-    ImageCase("multi-page TIFF", _frames("pages.tif", 2), warning="has 2 frames; only the first", size=(80, 60)),
+    ImageCase("multi-page TIFF", _frames("pages.tif", 2), warning="has 2 frames; only the first", size=(80, 60),
+              cli_frames=2),
     # The CLI takes these as missing paths or folders before any image is read (tested in CLI_CASES).
     ImageCase("missing file", lambda folder: folder / "absent.png", error="does not exist", cli=False),
     ImageCase("broken symlink", _link("dangling.png", "gone.png"), error="is a broken symbolic link", cli=False),
@@ -225,16 +228,23 @@ def cli_images(artifact, good, tmp_path_factory):
 def test_cli_images_run_answers_every_good_image(cli_images, good):
     proc, records, cases = cli_images
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(records) == len(cases) + 2  # one line per input, none lost
+    frames = sum(case.cli_frames - 1 for case in IMAGES if case.cli and case.cli_frames)
+    assert len(records) == len(cases) + 2 + frames  # one line per item, none lost
     for path in good:
         assert "result" in records[str(path)], records[str(path)]
-    for line in proc.stderr.splitlines():
+    *lines, summary = proc.stderr.splitlines()
+    for line in lines:
         assert line.startswith(("runtime: error: ", "runtime: warning: ")), line
+    assert SUMMARY.match(summary) and f"{len(records)} items:" in summary, summary
 
 
 @pytest.mark.parametrize("case", [c for c in IMAGES if c.cli], ids=[c.name for c in IMAGES if c.cli])
 def test_cli_image(cli_images, case):
     proc, records, cases = cli_images
+    if case.cli_frames:  # each frame answered as its own item, so no "only the first frame" warning
+        for frame in range(1, case.cli_frames + 1):
+            assert records[f"{cases[case.name]}#frame={frame}"]["image_size"] == list(case.size)
+        return
     record = records[cases[case.name]]
     if case.error:
         assert case.error in record["error"] and one_line(record["error"]), record
@@ -359,6 +369,10 @@ def test_api_artifact(tampered, good, case):
         assert case.error in str(err.value) and one_line(str(err.value))
 
 
+# The last stderr line of every run that got as far as running items.
+SUMMARY = re.compile(r"runtime: \d+ items?: \d+ answered, \d+ skipped \(already done\), \d+ failed in ")
+
+
 def run_cli(capfd, *args) -> tuple[int, list[dict], list[str]]:
     """`python -m runtime ARGS` in this process: exit code, JSON records, stderr lines. An exception
     escaping `main` (a traceback, in a shell) fails the test right there."""
@@ -383,7 +397,10 @@ def assert_cli_refused(code, records, stderr, fragment: str | None) -> None:
 def assert_cli_failed_each(code, records, stderr, inputs: list[Path], fragment: str) -> None:
     assert code == 1 and [r["image"] for r in records] == [str(p) for p in inputs], (code, records)
     assert all(fragment in r["error"] and one_line(r["error"]) for r in records), records
-    assert stderr and all(line.startswith("runtime: error: ") and fragment in line for line in stderr), stderr
+    *errors, summary = stderr
+    assert len(errors) == len(inputs), stderr
+    assert all(line.startswith("runtime: error: ") and fragment in line for line in errors), stderr
+    assert SUMMARY.match(summary) and f"0 answered, 0 skipped (already done), {len(inputs)} failed" in summary, summary
 
 
 @pytest.mark.parametrize("case", ARTIFACTS, ids=[c.name for c in ARTIFACTS])
@@ -442,12 +459,10 @@ CLI_CASES = [
     CliCase("--batch-size 0", _od("--batch-size", "0"), 2, "expected an integer >= 1, got 0"),
     CliCase("mistyped option", _od("--beams", "3"), 2, "unknown option --beams"),
     CliCase("--annotate is a file", _annotate_file, 2, "--annotate expects a folder"),
-    CliCase("input missing", _input(lambda tmp: tmp / "absent.png"), 2, "no such image file or folder"),
+    CliCase("input missing", _input(lambda tmp: tmp / "absent.png"), 2, "no such file or folder"),
     CliCase("only a folder without images", lambda art, good, tmp: ["--model", art, _empty_folder(tmp), "--task", "<OD>"],
-            2, "no image files in"),
-    # Reported as missing by today's CLI input expansion (the batch issue reworks it); the API says
-    # "symbolic link loop" (IMAGES). Here: one line, exit 2, no traceback.
-    CliCase("input is a symlink loop", _input(_loop), 2, None),
+            2, "no image or PDF files in"),
+    CliCase("input is a symlink loop", _input(_loop), 2, "is a symbolic link loop"),
 ]
 
 

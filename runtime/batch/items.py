@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ImageError
-from ..images import is_image_file
+from ..images import is_image_file, path_problem
 from .errors import JobError
 
 PDF_SUFFIX = ".pdf"
@@ -67,6 +67,8 @@ def scan(inputs: list[str], recursive: bool = False) -> Scan:
             files.extend((str(p), p.relative_to(path).as_posix()) for p in found)
         elif path.exists():
             files.append((name, path.name))
+        elif path.is_symlink():  # exists() follows links: a dangling link or a loop is said as such
+            raise JobError(f"expected an image, PDF or folder; {name!r} {path_problem(path)}")
         else:
             raise JobError(f"no such file or folder: {name}")
     items, seen = [], set()
@@ -111,6 +113,9 @@ def fingerprint(path: str) -> dict:
 
 def _expand(file: str, relative: str) -> list[Item]:
     source = fingerprint(file)
+    problem = path_problem(Path(file))
+    if problem is not None:  # checked before any open: a FIFO named like an image would block PIL forever
+        return [Item(file, file, relative, source=source, problem=f"expected an image file; {file!r} {problem}")]
     suffix = Path(file).suffix.lower()
     if suffix == PDF_SUFFIX:
         from .pdf import page_count
