@@ -152,5 +152,6 @@ class InferenceWorker:
         seconds = (time.perf_counter() - began) / len(batch)
         self.batches.append(len(batch))
         for job, result in zip(batch, results):
-            job.future.set_result((result_record(job.name, job.task, result.answer, seconds, result.image_size),
+            job.future.set_result((result_record(job.name, job.task, result.answer[job.task], seconds,
+                                                 result.image_size),
                                    len(batch)))

@@ -218,7 +218,7 @@ async function run(blob, name) {
     const bitmap = await bitmapOf(blob);
     drawAnswer(bitmap, null); // the image at once; its answer when it comes
     const { record, ms } = await predict(blob, name);
-    const answer = record.result[record.task];
+    const answer = record.result;
     drawAnswer(bitmap, answer);
     $('answer').textContent = describe(answer);
     $('latency').textContent = `${Math.round(ms)} ms (model ${Math.round(record.seconds * 1000)} ms)`;
