@@ -61,7 +61,9 @@ async function predict(blob, name) {
 
 // Browsers turn photos upright by their EXIF orientation; the runtime does not (neither does
 // transformers), so the answer's coordinates refer to the unrotated pixels. The orientation tag
-// of a JPEG is set to 1 (as stored) before decoding, and createImageBitmap is told to ignore it.
+// of a JPEG is set to 1 (as stored) before decoding: Chromium 156 treats createImageBitmap's
+// imageOrientation 'none' as 'from-image' and rotates anyway (measured), so the option alone is not
+// enough. The upload itself is sent unchanged.
 function withoutOrientation(buffer) {
   const bytes = new Uint8Array(buffer.slice(0));
   try {
