@@ -49,11 +49,13 @@ class Job:
 
 
 class InferenceWorker:
-    """Runs jobs on `model` in its own thread. `max_batch` 1 disables batching. `gate`, if given, is
-    waited on before each batch runs: tests hold the worker with it to fill the queue deterministically."""
+    """Runs jobs on `model` in its own thread. `max_batch` 1 disables batching; `window` is how long a
+    batch may wait to fill (10 ms: nothing next to a model call). `gate`, if given, is waited on before
+    each batch runs: tests hold the worker with it to fill the queue deterministically."""
 
-    def __init__(self, model, max_queue: int = 16, max_batch: int = 8, gate: threading.Event | None = None):
-        self.model, self.max_queue, self.gate = model, max_queue, gate
+    def __init__(self, model, max_queue: int = 16, max_batch: int = 8, gate: threading.Event | None = None,
+                 window: float = 0.01):
+        self.model, self.max_queue, self.gate, self.window = model, max_queue, gate, window
         # A static artifact's graphs take one image: batching it would only delay the first answer.
         self.max_batch = 1 if getattr(model.manifest, "static", None) else max_batch
         self._waiting: collections.deque[Job] = collections.deque()
@@ -117,6 +119,7 @@ class InferenceWorker:
                     if self._stopping:
                         return None
                     self._changed.wait()
+                self._gather()
                 batch, kept = [], collections.deque()
                 while self._waiting and len(batch) < self.max_batch:
                     job = self._waiting.popleft()
@@ -130,6 +133,18 @@ class InferenceWorker:
                 if batch:
                     self._running = len(batch)
                     return batch
+
+    def _gather(self) -> None:
+        """Wait up to `window` seconds for a batch to fill. Clients answered by one batch send their next
+        requests milliseconds apart: without the wait, the first of them would always run alone."""
+        if self.max_batch == 1 or self.window <= 0:
+            return
+        deadline = time.monotonic() + self.window
+        while len(self._waiting) < self.max_batch and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.wait(left)
 
     def _run(self, batch: list[Job]) -> None:
         if len(batch) > 1:
