@@ -105,7 +105,8 @@ def test_sigterm_answers_the_received_requests_then_exits(onnx_artifact):
         for thread in threads:
             thread.join(120)
         assert [answers[i].status_code for i in range(4)] == [200] * 4
-        service.wait(60)
+        # uvicorn re-raises the signal once it has drained: killed by SIGTERM, as the shell's 143 says.
+        assert service.wait(60) in (0, -signal.SIGTERM)
         assert "Traceback" not in service.stderr.read()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz", timeout=5)

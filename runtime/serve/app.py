@@ -116,11 +116,11 @@ class _Endpoints:
         upload = await read_upload(request)
         task = upload.fields.get("task", "")
         try:
+            self.worker.check_room()  # before decoding: a flood is refused cheaply
             job = await run_in_threadpool(make_job, self.model, upload, self.limits)
+            future = self.worker.submit(job)
         except ClientError as err:
             return json_line(error_record(upload.name, task, err.message), err.status)
-        try:
-            future = self.worker.submit(job)
         except (QueueFull, WorkerStopped) as err:
             raise ClientError(503, str(err), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         try:

@@ -2,7 +2,8 @@
 
 Bad arguments, a missing extra or a bad artifact are one line on stderr and exit 2, before the port
 opens: once /healthz answers, the model is loaded. SIGTERM (or Ctrl-C) stops taking connections,
-answers every request already received (queued ones included), then exits.
+answers every request already received (queued ones included), then exits (143 after SIGTERM: uvicorn
+re-raises the signal once drained).
 """
 
 from __future__ import annotations

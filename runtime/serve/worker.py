@@ -71,13 +71,19 @@ class InferenceWorker:
 
     def submit(self, job: Job) -> Future:
         with self._changed:
+            self.check_room()  # the Condition's lock is reentrant
+            self._waiting.append(job)
+            self._changed.notify_all()
+        return job.future
+
+    def check_room(self) -> None:
+        """QueueFull or WorkerStopped now, so a request that would be refused is not decoded first;
+        `submit` checks again, under the lock."""
+        with self._changed:
             if self._stopping:
                 raise WorkerStopped("the service is shutting down")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry shortly")
-            self._waiting.append(job)
-            self._changed.notify_all()
-        return job.future
 
     def stop(self, timeout: float | None = None) -> None:
         """Take no new jobs, finish the queued ones, then end the thread."""
