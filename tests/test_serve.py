@@ -284,3 +284,66 @@ def test_cli_warns_for_an_exposed_address(tmp_path):
                              "0.0.0.0"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2  # the artifact is missing; the warning came first
     assert "warning: binding 0.0.0.0" in result.stderr and "--token" in result.stderr
+
+
+class _FakeModel:
+    """What the worker needs of a model: `run`, and a manifest saying static or not. `run` fails for a
+    batch holding the image "poison", as a backend might."""
+
+    def __init__(self, static=None):
+        self.manifest = type("Manifest", (), {"static": static})()
+        self.calls = []
+
+    def run(self, images, tasks, texts, **options):
+        from runtime.errors import BackendError
+        from runtime.model import Result
+
+        self.calls.append(list(images))
+        if "poison" in images:
+            raise BackendError("the decoder graph failed")
+        return [Result([2], "", {task: f"answer of {image}"}, (1, 1)) for image, task in zip(images, tasks)]
+
+
+def test_a_failing_batch_is_rerun_one_by_one_and_a_static_artifact_never_batches():
+    from runtime.errors import BackendError
+    from runtime.serve.worker import InferenceWorker, Job
+
+    gate = threading.Event()
+    model = _FakeModel()
+    worker = InferenceWorker(model, gate=gate).start()
+    jobs = [Job(name, name, "<CAPTION>", None, {}) for name in ("a", "b", "poison", "c")]
+    futures = [worker.submit(job) for job in jobs]
+    gate.set()
+    answers = [f.exception(30) or f.result()[0]["result"] for f in futures]
+    worker.stop()
+    assert answers[:2] == ["answer of a", "answer of b"] and answers[3] == "answer of c"
+    assert isinstance(answers[2], BackendError)
+    assert ["a", "b", "poison", "c"] in model.calls  # tried as one batch first, then alone
+    assert InferenceWorker(_FakeModel(static={"prompt_bucket": 32}), max_batch=8).max_batch == 1
+
+
+def test_tls_cert_and_key_serve_https(onnx_artifact, tmp_path):
+    from serve_tools import free_port
+
+    if subprocess.run(["openssl", "version"], capture_output=True).returncode != 0:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = free_port()
+    service = subprocess.Popen([sys.executable, "-m", "runtime.serve", "--model", str(onnx_artifact), "--port",
+                                str(port), "--tls-cert", str(cert), "--tls-key", str(key), "--log-level", "warning"],
+                               cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        def up():
+            try:
+                return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return service.poll() is not None
+        wait_for(up, timeout=120, what="the HTTPS service")
+        assert service.poll() is None, service.stderr.read()
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # plain HTTP is not served
+    finally:
+        service.terminate()
+        service.wait(60)
