@@ -146,6 +146,15 @@ def test_camera_capture_gets_an_answer(page, service, tmp_path):
     assert page.locator("#video").is_visible()
 
 
+def test_every_n_seconds_mode_captures_by_itself(page, service):
+    page.goto(f"{service}/{QUERY}&every=1")
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=30000)
+    assert page.locator("#auto").is_checked() and page.locator("#every").input_value() == "1"
+    page.wait_for_function("window.kiosk.answered >= 2", timeout=60000)
+    page.uncheck("#auto")
+    assert page.evaluate("window.kiosk.error") is None
+
+
 def test_a_token_is_asked_once_and_sent(browser, model, tmp_path):
     with serving(model, token="kiosk-token") as (url, _):
         context = browser.new_context(viewport={"width": 1024, "height": 720})

@@ -8,7 +8,7 @@ const TOKEN_KEY = 'florence2-serve-token';
 const OPTION_NAMES = ['num_beams', 'max_new_tokens'];
 const GOLDEN = 0.618033988749895; // hue step of runtime/annotate.py: the same colours as --annotate
 
-const kiosk = { tasks: [], last: null, error: null, busy: false, mode: 'file' };
+const kiosk = { tasks: [], last: null, answered: 0, error: null, busy: false, stream: null };
 window.kiosk = kiosk;
 let token = sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY) || '';
 let autoTimer = null;
@@ -225,6 +225,7 @@ async function run(blob, name) {
     $('answer').textContent = describe(answer);
     $('latency').textContent = `${Math.round(ms)} ms (model ${Math.round(record.seconds * 1000)} ms)`;
     kiosk.last = { record, ms, width: bitmap.width, height: bitmap.height };
+    kiosk.answered += 1;
     document.body.dataset.state = 'answered';
   } catch (err) {
     showError(err.message || String(err));
