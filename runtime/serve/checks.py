@@ -50,7 +50,8 @@ def check_fields(model, fields: dict[str, str], limits: Limits) -> tuple[str, st
     if "num_beams" not in options and generation.num_beams > limits.max_beams:
         raise ClientError(422, f"this artifact's default num_beams ({generation.num_beams}) is over the service's "
                                f"--max-beams {limits.max_beams}: send num_beams")
-    return task, text, options
+    # Spelled out, defaults included: a request that names the default batches with one that omits it.
+    return task, text, {name: getattr(generation, name) for name in OPTION_FIELDS}
 
 
 def make_job(model, upload: Upload, limits: Limits) -> Job:
