@@ -241,10 +241,10 @@ def test_waiting_requests_with_the_same_options_run_as_one_batch(model):
         threads = [threading.Thread(target=ask, args=(0,))]
         threads[0].start()
         wait_for(lambda: worker.load()["running"] == 1, what="the first request to be taken")
-        for i in (1, 2, 3):
+        for i in (1, 2, 3):  # one after the other, so the queue's order is known
             threads.append(threading.Thread(target=ask, args=(i,)))
             threads[-1].start()
-        wait_for(lambda: worker.load()["queued"] == 3, what="three requests to queue")
+            wait_for(lambda i=i: worker.load()["queued"] == i, what=f"request {i} to queue")
         gate.set()
         for thread in threads:
             thread.join(60)
