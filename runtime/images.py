@@ -11,6 +11,7 @@ white; a multi-frame file (animated GIF, multi-page TIFF) is read as its first f
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -57,22 +58,36 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
     raise ImageError(f"expected an image path, PIL image or HxWx3 uint8 array; got {type(source).__name__}")
 
 
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """An encoded image held in memory (an upload), fully decoded, through the same checks and messages
+    as a file; `name` is how messages call it. `max_pixels` is checked from the header, before decoding."""
+    if not data:
+        raise ImageError(f"expected an image file; {name!r} is empty (0 bytes)")
+    return _read(io.BytesIO(data), name, max_pixels)
+
+
 def _open(path: Path) -> Image.Image:
     problem = path_problem(path)
     if problem:
         raise ImageError(f"expected an image file; {str(path)!r} {problem}")
+    return _read(path, str(path))
+
+
+def _read(source, name: str, max_pixels: int | None = None) -> Image.Image:
     try:
         # The context manager closes the file; the decoded pixels stay with the image object.
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageError(f"image {name!r} is {image.width}x{image.height} pixels, over the limit of {max_pixels}")
             frames = getattr(image, "n_frames", 1)  # counted first: counting seeks, which undoes a decode
-            _decode(image, repr(str(path)))
+            _decode(image, repr(name))
             if frames > 1:
-                warnings.warn(f"{str(path)!r} has {frames} frames; only the first is used (to run the others, "
-                              "open it with PIL and pass each frame after image.seek(n))", ImageWarning, stacklevel=3)
+                warnings.warn(f"{name!r} has {frames} frames; only the first is used (to run the others, "
+                              "open it with PIL and pass each frame after image.seek(n))", ImageWarning, stacklevel=4)
     except UnidentifiedImageError:
-        raise ImageError(f"expected an image file; {str(path)!r} is not an image PIL can read") from None
+        raise ImageError(f"expected an image file; {name!r} is not an image PIL can read") from None
     except _DECODE_ERRORS as err:
-        raise ImageError(f"cannot read image {str(path)!r}: {_one_line(err)}") from None
+        raise ImageError(f"cannot read image {name!r}: {_one_line(err)}") from None
     return image
 
 
