@@ -1,0 +1,52 @@
+"""The inputs a calibrated int8 pass measures activation ranges on: calibration images through the real
+preprocessing (runtime/preprocess.py, at the checkpoint's own image size), then, for the encoder, the
+image features and prompt embeddings PyTorch computes for them, joined as the runtime joins them.
+
+    calibration_feeds(calibration_set, model, contract, manifest) -> {graph name: [feeds, ...]}
+
+One feed per image, batch 1 (activation ranges do not depend on the batch). Each image gets one of
+the artifact's text-free task prompts in turn, so the encoder sees the prompts it will run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from runtime.contract import ATTENTION_MASK, INPUTS_EMBEDS, PIXEL_VALUES, Contract
+from runtime.preprocess import Preprocessor
+
+from .calibration_options import CalibrationSet
+from .graphs import EmbedTokens, VisionEncoder
+
+log = logging.getLogger("export")
+# The graphs a calibrated pass quantizes (quantize/onnx.py CALIBRATED, quantize/openvino.py): the rest keep
+# their dynamic or weight-only int8.
+CALIBRATED_GRAPHS = ("vision_encoder", "encoder")
+
+
+def calibration_feeds(calibration: CalibrationSet, model, contract: Contract, manifest, tokenizer) -> dict[str, list[dict]]:
+    """{graph: [feeds per image]} for every graph in CALIBRATED_GRAPHS."""
+    preprocess = Preprocessor.from_config(manifest.preprocessing)
+    prompts = [task.prompt for task in manifest.tasks.values() if "{input}" not in task.prompt]
+    vision, embed = VisionEncoder(model).eval(), EmbedTokens(model).eval()
+    feeds: dict[str, list[dict]] = {name: [] for name in CALIBRATED_GRAPHS}
+    for index, image in enumerate(calibration.images()):
+        pixels = preprocess([image])
+        ids = np.array([tokenizer(prompts[index % len(prompts)])["input_ids"]], dtype=np.int64)
+        width = contract.prompt_width(ids.shape[1])
+        padded = np.full((1, width), manifest.tokens.pad, dtype=np.int64)
+        padded[:, :ids.shape[1]] = ids[:, :width]
+        with torch.no_grad():
+            features = vision(torch.from_numpy(pixels)).numpy()
+            embeds = embed(torch.from_numpy(padded)).numpy()
+        prompt_mask = (np.arange(width) < ids.shape[1]).astype(np.int64)[None, :]
+        mask = np.concatenate([np.ones(features.shape[:2], dtype=np.int64), prompt_mask], axis=1)
+        feeds["vision_encoder"].append({PIXEL_VALUES: pixels})
+        feeds["encoder"].append({INPUTS_EMBEDS: np.concatenate([features, embeds], axis=1), ATTENTION_MASK: mask})
+    log.info("calibration: %d %s images at %dx%d", len(feeds["vision_encoder"]), calibration.source,
+             *contract.dims.image_size)
+    return feeds
+
