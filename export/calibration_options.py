@@ -27,9 +27,9 @@ class CalibrationSet:
     def images(self) -> list:
         """The images as PIL images (files decoded as the runtime decodes them)."""
         if self.source == BUILTIN:
-            from runtime.probes import sample_images
+            from runtime.probes import CALIBRATION_SEED, sample_images
 
-            return sample_images(self.count)
+            return sample_images(self.count, first_seed=CALIBRATION_SEED)
         from runtime.images import load_image
 
         return [load_image(path) for path in self.paths]
