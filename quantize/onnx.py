@@ -13,11 +13,9 @@ which pass each graph gets at each precision and which of its modules stay fp32.
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import fnmatch
 import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import onnx
 
 from . import tied
 from .methods import graph_method
+from .quiet import quiet_quantizers as _quiet
 
 # Block size: 32 values share a scale and a zero point (4 + 1.1 bits per weight). Measured on the
 # base-shape decoder (all int4): cosine of logits 0.957 at 32, 0.947 at 64, 0.943 at 128; the decoder
@@ -219,18 +218,3 @@ def _int4(model: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
     with _quiet():
         quantizer.process()
     return quantizer.model.model
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime's quantizers log per node, and advice, through the root logger (logging.info):
-    not the user's concern. Our own log says what happens."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

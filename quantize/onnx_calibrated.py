@@ -50,7 +50,7 @@ def calibrated_int8(model: onnx.ModelProto, keep: list[str], feeds: list[dict[st
     """`model` with QDQ int8 MatMul/Gemm/Conv, activation ranges measured on `feeds`; nodes in `keep` stay fp32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .onnx import _quiet
+    from .quiet import quiet_quantizers
 
     if not feeds:
         raise ValueError("calibrated int8 needs at least one calibration feed")
@@ -59,7 +59,7 @@ def calibrated_int8(model: onnx.ModelProto, keep: list[str], feeds: list[dict[st
     with tempfile.TemporaryDirectory(prefix=f"florence2-q-{os.getpid()}-") as scratch:
         source, out = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         onnx.save(model, str(source))  # quantize_static runs an augmented copy in onnxruntime: from a file
-        with _quiet():
+        with quiet_quantizers():
             quantize_static(str(source), str(out), FeedsReader(feeds, names), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=OP_TYPES, per_channel=True, reduce_range=False,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
