@@ -151,12 +151,25 @@ def resolve_checkpoint(args, cache: Path) -> tuple[str, Path]:
     return name, folder
 
 
+CALIBRATED = "-calibrated"  # --precisions int8-calibrated: python -m export --int8 --calibration builtin
+
+
+def export_precision(precision: str) -> tuple[str, bool]:
+    """("int8", True) for "int8-calibrated"; (precision, False) otherwise."""
+    return precision.removesuffix(CALIBRATED), precision.endswith(CALIBRATED)
+
+
 def availability(target: str, precision: str) -> str | None:
     """None when `target` can export and run `precision` here, else the reason it cannot."""
     import importlib
 
+    from export.calibration_options import CALIBRATED_TARGETS
     from export.targets import TARGETS
     from platforms import BACKENDS
+
+    precision, calibrated = export_precision(precision)
+    if calibrated and (precision != "int8" or target not in CALIBRATED_TARGETS):
+        return f"calibration is for int8 on {' and '.join(CALIBRATED_TARGETS)}"
 
     if target not in TARGETS:
         return f"no {target} export target in this florence2-edge yet"
@@ -181,18 +194,21 @@ def ensure_artifact(cache: Path, name: str, checkpoint: Path, target: str, preci
     from runtime.manifest import read_manifest
 
     folder = cache / f"{name}-{target}-{precision}"
+    precision, calibrated = export_precision(precision)
     try:
         manifest = read_manifest(folder, verify=False)
-        if (not fresh and (manifest.source.get("model"), manifest.target, manifest.precision)
-                == (str(checkpoint), target, precision)
+        method = manifest.quantization.method if manifest.quantization else None
+        if (not fresh and (manifest.source.get("model"), manifest.target, manifest.precision, method == "calibrated")
+                == (str(checkpoint), target, precision, calibrated)
                 and all((folder / g.file).is_file() for g in manifest.graphs.values())):
             return folder
     except ArtifactError:
         pass
-    print(f"exporting {target} {precision} -> {folder}", flush=True)
+    print(f"exporting {target} {precision}{' calibrated' if calibrated else ''} -> {folder}", flush=True)
     quiet_libraries()
     began = time.perf_counter()
-    run_export(str(checkpoint), target, folder, overwrite=True, precision=precision)
+    run_export(str(checkpoint), target, folder, overwrite=True, precision=precision,
+               **({"calibration": "builtin"} if calibrated else {}))
     print(f"  exported in {time.perf_counter() - began:.0f} s", flush=True)
     return folder
 
