@@ -39,13 +39,14 @@ def calibration_feeds(calibration: CalibrationSet, model, contract: Contract, ma
     for index, image in enumerate(calibration.images()):
         pixels = preprocess([image])
         ids = np.array([tokenizer(prompts[index % len(prompts)])["input_ids"]], dtype=np.int64)
-        width = contract.prompt_width(ids.shape[1])
+        width = contract.prompt_width(ids.shape[1])  # a static artifact's bucket, or the prompt itself
+        length = min(ids.shape[1], width)
         padded = np.full((1, width), manifest.tokens.pad, dtype=np.int64)
-        padded[:, :ids.shape[1]] = ids[:, :width]
+        padded[:, :length] = ids[:, :length]
         with torch.no_grad():
             features = vision(torch.from_numpy(pixels)).numpy()
             embeds = embed(torch.from_numpy(padded)).numpy()
-        prompt_mask = (np.arange(width) < ids.shape[1]).astype(np.int64)[None, :]
+        prompt_mask = (np.arange(width) < length).astype(np.int64)[None, :]
         mask = np.concatenate([np.ones(features.shape[:2], dtype=np.int64), prompt_mask], axis=1)
         feeds["vision_encoder"].append({PIXEL_VALUES: pixels})
         feeds["encoder"].append({INPUTS_EMBEDS: np.concatenate([features, embeds], axis=1), ATTENTION_MASK: mask})

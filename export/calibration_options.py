@@ -30,9 +30,16 @@ class CalibrationSet:
             from runtime.probes import CALIBRATION_SEED, sample_images
 
             return sample_images(self.count, first_seed=CALIBRATION_SEED)
+        from runtime.errors import ImageError
         from runtime.images import load_image
 
-        return [load_image(path) for path in self.paths]
+        images = []
+        for path in self.paths:  # a file that only looks like an image: named, one line, not a traceback
+            try:
+                images.append(load_image(path))
+            except ImageError as err:
+                raise ExportError(f"--calibration: {path}: {err}") from None
+        return images
 
 
 def check_calibration(value: str | None, count: int | None, target: str, precision: str | None) -> CalibrationSet | None:
