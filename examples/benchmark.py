@@ -1,7 +1,8 @@
 """Time transformers eager fp32 and this project's artifacts in one run, on the same image and prompt.
 
     python examples/benchmark.py --size base --targets onnx,openvino --precisions fp32,int8,int4 \
-        --tokens 20,200 --beams 1,3 [--model CKPT] [--repeats 3] [--json OUT] [--cache DIR] [--fresh]
+        --tokens 20,200 --beams 1,3 [--model CKPT] [--repeats 3] [--json OUT] [--cache DIR] [--fresh] \
+        [--peers default,eager,int8-dynamic,bf16-autocast] [--skip-limits]
 
 Builds the checkpoint (`embedded:<size>`, random weights with the real shapes, or `--model`, a
 transformers-native checkpoint folder), exports every target x precision missing from the cache
@@ -13,8 +14,13 @@ max_new_tokens = N), the checkpoint's other generation defaults kept, on both si
 
 Reported per row (medians over --repeats, after one warm-up run): vision ms, encoder ms (prompt
 embedding + encoder), ms per decoded token, end-to-end ms (preprocessing included), peak RSS, artifact
-size, and ratios against transformers for the same tokens and beams. Candidates whose target or
-precision is not available here are skipped with the reason.
+size, and ratios against transformers for the same tokens and beams ("x e2e": its default fp32;
+"x best": the fastest transformers peer end to end). Peers (examples/bench_peers.py): transformers
+with sdpa (default) and eager attention, dynamic int8 Linear layers, bf16 autocast. Limits
+(examples/bench_limits.py, off with --skip-limits): the GEMV bandwidth, each decode step as a multiple
+of its floor (bytes it must read / bandwidth: "x floor"), and the cold start of `python -m runtime`
+per artifact (OpenVINO also with a warm compile cache). Candidates whose target or precision is not
+available here are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -77,41 +83,11 @@ def _timed_runs(once, repeats: int) -> tuple[dict, list[int]]:
 
 
 def reference_worker(spec: dict) -> dict:
-    """transformers eager fp32 (no torch.compile), the attention implementation transformers picks."""
-    import torch
-    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+    """transformers, one of examples/bench_peers.py's PEERS (default: fp32 with the attention
+    implementation transformers picks, or --attention's), no torch.compile."""
+    from bench_peers import peer_worker
 
-    kwargs = {"attn_implementation": spec["attention"]} if spec.get("attention") else {}
-    model = Florence2ForConditionalGeneration.from_pretrained(spec["checkpoint"], dtype=torch.float32, **kwargs).eval()
-    processor = AutoProcessor.from_pretrained(spec["checkpoint"])
-    # Embedding rows past the tokenizer are padding: the runtime never picks them; neither does the reference.
-    padded = list(range(len(processor.tokenizer), model.config.text_config.vocab_size)) or None
-    marks: dict[str, float] = {}
-
-    def mark(name):
-        return lambda *_: marks.__setitem__(name, time.perf_counter())
-
-    inner = model.model
-    inner.vision_tower.register_forward_pre_hook(mark("vision_start"))
-    inner.multi_modal_projector.register_forward_hook(mark("vision_end"))
-    inner.language_model.encoder.register_forward_pre_hook(mark("encoder_start"))
-    inner.language_model.encoder.register_forward_hook(mark("encoder_end"))
-    image, prompt, tokens = bench_image(), spec["prompt"], spec["tokens"]
-
-    def once():
-        began = time.perf_counter()
-        inputs = processor(text=prompt, images=image, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(**inputs, num_beams=spec["beams"], max_new_tokens=tokens, min_new_tokens=tokens,
-                                 suppress_tokens=padded)[0].tolist()
-        end = time.perf_counter()
-        return {"vision": marks["vision_end"] - marks["vision_start"],
-                "encoder": marks["encoder_end"] - marks["encoder_start"],
-                "decode": (end - marks["encoder_end"]) / (len(ids) - 1), "e2e": end - began}, ids
-
-    medians, ids = _timed_runs(once, spec["repeats"])
-    return {**_row(medians), "ids": ids, "attention": model.config._attn_implementation,
-            "threads": torch.get_num_threads(), "peak_rss_mb": _peak_rss_mb()}
+    return peer_worker(spec, _timed_runs, bench_image, _peak_rss_mb)
 
 
 def candidate_worker(spec: dict) -> dict:
@@ -175,12 +151,25 @@ def resolve_checkpoint(args, cache: Path) -> tuple[str, Path]:
     return name, folder
 
 
+CALIBRATED = "-calibrated"  # --precisions int8-calibrated: python -m export --int8 --calibration builtin
+
+
+def export_precision(precision: str) -> tuple[str, bool]:
+    """("int8", True) for "int8-calibrated"; (precision, False) otherwise."""
+    return precision.removesuffix(CALIBRATED), precision.endswith(CALIBRATED)
+
+
 def availability(target: str, precision: str) -> str | None:
     """None when `target` can export and run `precision` here, else the reason it cannot."""
     import importlib
 
+    from export.calibration_options import CALIBRATED_TARGETS
     from export.targets import TARGETS
     from platforms import BACKENDS
+
+    precision, calibrated = export_precision(precision)
+    if calibrated and (precision != "int8" or target not in CALIBRATED_TARGETS):
+        return f"calibration is for int8 on {' and '.join(CALIBRATED_TARGETS)}"
 
     if target not in TARGETS:
         return f"no {target} export target in this florence2-edge yet"
@@ -205,18 +194,21 @@ def ensure_artifact(cache: Path, name: str, checkpoint: Path, target: str, preci
     from runtime.manifest import read_manifest
 
     folder = cache / f"{name}-{target}-{precision}"
+    precision, calibrated = export_precision(precision)
     try:
         manifest = read_manifest(folder, verify=False)
-        if (not fresh and (manifest.source.get("model"), manifest.target, manifest.precision)
-                == (str(checkpoint), target, precision)
+        method = manifest.quantization.method if manifest.quantization else None
+        if (not fresh and (manifest.source.get("model"), manifest.target, manifest.precision, method == "calibrated")
+                == (str(checkpoint), target, precision, calibrated)
                 and all((folder / g.file).is_file() for g in manifest.graphs.values())):
             return folder
     except ArtifactError:
         pass
-    print(f"exporting {target} {precision} -> {folder}", flush=True)
+    print(f"exporting {target} {precision}{' calibrated' if calibrated else ''} -> {folder}", flush=True)
     quiet_libraries()
     began = time.perf_counter()
-    run_export(str(checkpoint), target, folder, overwrite=True, precision=precision)
+    run_export(str(checkpoint), target, folder, overwrite=True, precision=precision,
+               **({"calibration": "builtin"} if calibrated else {}))
     print(f"  exported in {time.perf_counter() - began:.0f} s", flush=True)
     return folder
 
@@ -245,7 +237,8 @@ COLUMNS = [("target", "target", "{}"), ("precision", "precision", "{}"), ("token
            ("beams", "beams", "{}"), ("vision_ms", "vision ms", "{:.0f}"), ("encoder_ms", "encoder ms", "{:.0f}"),
            ("decode_ms_per_token", "ms/token", "{:.1f}"), ("e2e_ms", "e2e ms", "{:.0f}"),
            ("peak_rss_mb", "RSS MB", "{:.0f}"), ("size_mb", "size MB", "{:.0f}"),
-           ("speedup_e2e", "x e2e", "{:.2f}"), ("speedup_decode", "x decode", "{:.2f}"),
+           ("speedup_e2e", "x e2e", "{:.2f}"), ("speedup_best", "x best", "{:.2f}"),
+           ("speedup_decode", "x decode", "{:.2f}"), ("x_floor", "x floor", "{:.1f}"),
            ("rss_ratio", "RSS ratio", "{:.2f}"), ("beam_step_ratio", "beam/greedy", "{:.2f}"),
            ("ids_match", "same ids", "{}")]
 
@@ -279,7 +272,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row, after one warm-up (default 3)")
     parser.add_argument("--task", default="<CAPTION>")
     parser.add_argument("--text", help="text input for tasks that take one")
-    parser.add_argument("--attention", help="transformers attn_implementation (default: what transformers picks)")
+    parser.add_argument("--attention", help="transformers attn_implementation of the default peer (default: what transformers picks)")
+    parser.add_argument("--peers", type=csv(str), default=["default", "eager", "int8-dynamic", "bf16-autocast"],
+                        help="transformers variants measured beside the default (examples/bench_peers.py)")
+    parser.add_argument("--skip-limits", action="store_true", help="no bandwidth probe, decode floors or cold starts")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"artifacts and checkpoints (default {DEFAULT_CACHE})")
     parser.add_argument("--fresh", action="store_true", help="export again even where the cache has an artifact")
@@ -309,42 +305,126 @@ def prepare_candidates(args, cache: Path, name: str, checkpoint: Path) -> tuple[
     return candidates, skipped
 
 
+def available_peers(args, skipped: list[dict]) -> list[str]:
+    """The transformers peers besides the default (the reference) that can run here; others skipped."""
+    from bench_peers import unavailable
+
+    peers = []
+    for peer in args.peers:
+        reason = unavailable(peer)
+        if reason:
+            print(f"skip transformers {peer}: {reason}", flush=True)
+            skipped.append({"target": "transformers", "precision": peer, "reason": reason})
+        elif peer != "default":
+            peers.append(peer)
+    return peers
+
+
+def _measured(row: dict, spec: dict, ref: dict, skipped: list[dict]) -> dict | None:
+    """One worker run as a table row (ratios against `ref`), or None with the failure in `skipped`."""
+    print(f"{row['target']} {row['precision']} tokens={row['tokens']} beams={row['beams']}", flush=True)
+    try:
+        run = run_worker(spec)
+    except RuntimeError as err:
+        print(f"  failed: {err}", flush=True)
+        skipped.append({**row, "reason": str(err)})
+        return None
+    return with_ratios({**row, **run, "ids_match": run["ids"] == ref["ids"]}, ref)
+
+
 def measure(args, checkpoint: Path, candidates: list[dict], skipped: list[dict]) -> tuple[dict, list[dict]]:
-    """Per (tokens, beams): transformers, then every candidate right after it (drifting machine load
-    then shifts both sides alike)."""
+    """Per (tokens, beams): transformers (default, then its other peers), then every candidate right after
+    it (drifting machine load then shifts both sides alike)."""
     common = {"repeats": args.repeats, "task": args.task, "text": args.text, "prompt": args.task + (args.text or "")}
-    reference = {"name": "transformers eager fp32", "checkpoint": str(checkpoint), "size_mb": checkpoint_mb(checkpoint),
+    reference = {"name": "transformers fp32", "checkpoint": str(checkpoint), "size_mb": checkpoint_mb(checkpoint),
                  "runs": []}
-    runs = []
+    peers, runs = available_peers(args, skipped), []
     for tokens, beams in [(t, b) for t in args.tokens for b in args.beams]:
         print(f"transformers fp32 tokens={tokens} beams={beams}", flush=True)
-        ref = run_worker({**common, "kind": "reference", "checkpoint": str(checkpoint), "tokens": tokens,
-                          "beams": beams, "attention": args.attention})
-        reference["runs"].append({"tokens": tokens, "beams": beams, **ref})
+        shape = {"tokens": tokens, "beams": beams}
+        ref = run_worker({**common, **shape, "kind": "reference", "checkpoint": str(checkpoint), "peer": "default",
+                          "attention": args.attention})
+        reference["runs"].append({**shape, **ref})
+        ref = {**ref, "size_mb": reference["size_mb"]}
+        for peer in peers:
+            row = {"target": "transformers", "precision": peer, **shape, "size_mb": reference["size_mb"]}
+            runs.append(_measured(row, {**common, **shape, "kind": "reference", "checkpoint": str(checkpoint),
+                                        "peer": peer}, ref, skipped))
         for cand in candidates:
-            print(f"{cand['target']} {cand['precision']} tokens={tokens} beams={beams}", flush=True)
-            try:
-                run = run_worker({**common, "kind": "candidate", "artifact": str(cand["artifact"]), "tokens": tokens,
-                                  "beams": beams})
-            except RuntimeError as err:
-                print(f"  failed: {err}", flush=True)
-                skipped.append({"target": cand["target"], "precision": cand["precision"], "tokens": tokens,
-                                "beams": beams, "reason": str(err)})
-                continue
-            run = {"target": cand["target"], "precision": cand["precision"], "tokens": tokens, "beams": beams, **run,
-                   "size_mb": cand["size_mb"], "ids_match": run["ids"] == ref["ids"]}
-            runs.append(with_ratios(run, {**ref, "size_mb": reference["size_mb"]}))
+            row = {"target": cand["target"], "precision": cand["precision"], **shape, "size_mb": cand["size_mb"]}
+            runs.append(_measured(row, {**common, **shape, "kind": "candidate", "artifact": str(cand["artifact"])},
+                                  ref, skipped))
     reference["attention"] = reference["runs"][0]["attention"]
     reference["peak_rss_mb"] = max(r["peak_rss_mb"] for r in reference["runs"])
-    return reference, runs
+    return reference, [r for r in runs if r is not None]
 
 
-def report(args, reference: dict, runs: list[dict], skipped: list[dict], load_start: float) -> None:
+def add_best_ratios(rows: list[dict]) -> None:
+    """speedup_best: the fastest transformers row's end to end (same tokens and beams) over this row's."""
+    best: dict = {}
+    for row in rows:
+        if row["target"] == "transformers":
+            key = (row["tokens"], row["beams"])
+            best[key] = min(best.get(key, float("inf")), row["e2e_ms"])
+    for row in rows:
+        fastest = best.get((row["tokens"], row["beams"]))
+        if fastest and row["e2e_ms"]:
+            row["speedup_best"] = round(fastest / row["e2e_ms"], 3)
+
+
+def measure_limits(table: list[dict], candidates: list[dict], args) -> dict:
+    """The GEMV bandwidth, each row's decode floor (added to the rows) and the cold starts."""
+    from bench_limits import artifact_decoder_bytes, cache_bytes, cold_starts, floor_ms, gemv_bandwidth
+
+    from runtime.manifest import read_manifest
+
+    weight_bytes = {c["artifact"]: artifact_decoder_bytes(c["artifact"]) for c in candidates}
+    probe = gemv_bandwidth(max(r.get("decoder_weight_bytes", 0) for r in table) or max(weight_bytes.values(), default=1 << 26))
+    dims = read_manifest(candidates[0]["artifact"], verify=False).dims if candidates else None
+    artifact_of = {(c["target"], c["precision"]): c["artifact"] for c in candidates}
+    for row in table:
+        weights = row.get("decoder_weight_bytes") or weight_bytes.get(artifact_of.get((row["target"], row["precision"])))
+        if weights and dims is not None:
+            row["step_bytes"] = weights + cache_bytes(dims, row["tokens"], row["beams"])
+            row["floor_ms"] = floor_ms(row["step_bytes"], probe["gb_per_s"])
+            row["x_floor"] = round(row["decode_ms_per_token"] / row["floor_ms"], 2)
+    starts = []
+    with tempfile.TemporaryDirectory(prefix="florence2-bench-image-") as scratch:
+        image = Path(scratch) / "bench.png"
+        bench_image().save(image)
+        for cand in candidates:
+            print(f"cold start {cand['target']} {cand['precision']}", flush=True)
+            try:
+                starts.append({"target": cand["target"], "precision": cand["precision"],
+                               **cold_starts(cand["artifact"], cand["target"], image, args.task, REPO)})
+            except RuntimeError as err:
+                starts.append({"target": cand["target"], "precision": cand["precision"], "error": str(err)})
+    return {"gemv": probe, "cold_starts": starts}
+
+
+def print_limits(limits: dict) -> None:
+    gemv = limits["gemv"]
+    print(f"GEMV bandwidth: {gemv['gb_per_s']:.1f} GB/s (numpy float32 matvec over {gemv['bytes'] / 1e6:.0f} MB, "
+          f"best of 5: {gemv['best_ms']:.2f} ms); x floor = ms/token over (decoder weight + KV bytes) / bandwidth")
+    for start in limits["cold_starts"]:
+        if "error" in start:
+            print(f"cold start {start['target']} {start['precision']}: failed: {start['error']}")
+            continue
+        warm = f", {start['warm_cache_start_s']:.2f} s with a warm compile cache" if "warm_cache_start_s" in start else ""
+        print(f"cold start {start['target']} {start['precision']}: {start['cold_start_s']:.2f} s to the first result "
+              f"(python -m runtime, one image){warm}")
+
+
+def report(args, reference: dict, runs: list[dict], skipped: list[dict], load_start: float, candidates: list[dict]) -> None:
     table = [{"target": "transformers", "precision": "fp32", **r, "size_mb": reference["size_mb"]}
              for r in reference["runs"]] + runs
     add_beam_ratios(table)
+    add_best_ratios(table)
+    limits = None if args.skip_limits else measure_limits(table, candidates, args)
     print()
     print_table(sorted(table, key=lambda r: (r["tokens"], r["beams"], r["target"] != "transformers")))
+    if limits:
+        print_limits(limits)
     for skip in skipped:
         print(f"skipped {skip['target']} {skip['precision']}: {skip['reason']}")
     load_end = os.getloadavg()[0]
@@ -352,7 +432,7 @@ def report(args, reference: dict, runs: list[dict], skipped: list[dict], load_st
     if args.json:
         drop_ids = lambda r: {k: v for k, v in r.items() if k != "ids"}  # noqa: E731
         reference = {**reference, "runs": [drop_ids(r) for r in reference["runs"]]}
-        result = {"reference": reference, "runs": [drop_ids(r) for r in runs], "skipped": skipped,
+        result = {"reference": reference, "runs": [drop_ids(r) for r in runs], "skipped": skipped, "limits": limits,
                   "settings": {"size": None if args.model else args.size, "model": args.model, "task": args.task,
                                "repeats": args.repeats, "cpu_count": os.cpu_count(),
                                "load_average": [load_start, load_end]}}
@@ -374,7 +454,7 @@ def main(argv=None) -> int:
     name, checkpoint = resolve_checkpoint(args, cache)
     candidates, skipped = prepare_candidates(args, cache, name, checkpoint)
     reference, runs = measure(args, checkpoint, candidates, skipped)
-    report(args, reference, runs, skipped, load_start)
+    report(args, reference, runs, skipped, load_start, candidates)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtime.cli import OneLineParser, _positive_int
 
+from .calibration_options import check_calibration
 from .destination import check_destination, resolve_output
 from .errors import ExportError, ParityError
 from .mobile_options import check_mobile_options
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
                                help=f"write {name} graphs (where the target can; default: the target's own, "
                                     "fp32 for onnx and openvino, fp16 for coreml)")
+    parser.add_argument("--calibration", metavar="DIR|builtin",
+                        help="with --int8 (onnx, openvino): calibrated int8 of the vision tower and the encoder, "
+                             "activation ranges measured on the images in DIR (sorted, up to --calibration-count) "
+                             "or on generated sample images ('builtin'); the decoder keeps dynamic/weight-only int8")
+    parser.add_argument("--calibration-count", type=_positive_int, metavar="N",
+                        help="--calibration: most images used (default 32 from a folder, 8 builtin)")
     parser.add_argument("--static", action="store_true",
                         help="fixed shapes for NPUs: batch 1, padded prompt, fixed KV buffers (openvino, onnx; coreml always)")
     parser.add_argument("--prompt-bucket", type=_positive_int, help="--static: prompt tokens, padded (default 64)")
@@ -130,6 +137,7 @@ def _main(args) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         _check_target(args)
+        calibration = check_calibration(args.calibration, args.calibration_count, args.target, args.precision)
         tasks = read_tasks(args.tasks)
         output = args.output or default_output(args.model, args.target)
         check_destination(resolve_output(output), args.overwrite)  # a refusal is instant (run_export checks again)
@@ -138,7 +146,8 @@ def _main(args) -> int:
         quiet_libraries()
         run_export(args.model, args.target, output, overwrite=args.overwrite, precision=args.precision,
                    opset=args.opset, static=args.static, prompt_bucket=args.prompt_bucket, max_decode=args.max_decode,
-                   static_beams=args.static_beams, tasks=tasks, mobile=args.mobile, conformance=args.conformance)
+                   static_beams=args.static_beams, tasks=tasks, mobile=args.mobile, conformance=args.conformance,
+                   calibration=calibration)
     except ParityError as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 1

@@ -21,22 +21,30 @@ import torch
 from .errors import ExportError
 from .specs import GraphSpec
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 
-def write_openvino(spec: GraphSpec, model, example: dict[str, np.ndarray], path: Path, precision: str = "fp32") -> Path:
+def write_openvino(spec: GraphSpec, model, example: dict[str, np.ndarray], path: Path, precision: str = "fp32",
+                   calibration: list[dict] | None = None) -> Path:
     """Convert `spec`'s wrapper of `model` (traced on `example`), compress its weights for int8/int4,
-    and save it at `path` (.xml; the .bin beside it). fp16 stores fp16 weights (upcast at load)."""
+    and save it at `path` (.xml; the .bin beside it). fp16 stores fp16 weights (upcast at load); so
+    does bf16, whose bf16 is the compute precision the runtime asks OpenVINO for (INFERENCE_PRECISION_HINT). `calibration`
+    (int8): calibrated int8 of weights and activations (quantize/openvino.py calibrate)."""
     ov = _import("openvino", "pip install 'florence2-edge[openvino]'")
     ov_model = convert(spec, model, example)
-    if precision in ("int8", "int4"):
+    if calibration is not None and precision == "int8":
+        from quantize.openvino import calibrate
+
+        _import("nncf", "--int8 --calibration quantizes with NNCF: pip install nncf")
+        ov_model = calibrate(ov_model, calibration)
+    elif precision in ("int8", "int4"):
         from quantize.openvino import compress
 
         _import("nncf", "--int8/--int4 compress weights with NNCF: pip install nncf")
         ov_model = compress(ov_model, precision)
-    elif precision not in ("fp32", "fp16"):
+    elif precision not in ("fp32", "fp16", "bf16"):
         raise ExportError(f"the openvino target writes {', '.join(PRECISIONS)}, not {precision}")
-    ov.save_model(ov_model, str(path), compress_to_fp16=precision == "fp16")
+    ov.save_model(ov_model, str(path), compress_to_fp16=precision in ("fp16", "bf16"))
     return path
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from platforms import PlatformError, open_session
 from runtime.contract import Contract, StaticLayout
-from runtime.manifest import FileRecord, FileRef, GraphRecord, Manifest, TensorRecord, file_record
+from runtime.manifest import (COMPUTE_PRECISIONS, FileRecord, FileRef, GraphRecord, Manifest, QuantizationRecord,
+                              TensorRecord, file_record)
 from runtime.probes import graph_cases
 
 from .artifact import build_manifest, source_record, write_tokenizer
+from .calibration_options import CalibrationSet, check_calibration
 from .checkpoint import Checkpoint
 from .conformance_writer import write_conformance
 from .destination import prepare_destination, staged_folder, write_error
@@ -53,9 +55,15 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
     """Export `model` for `target` at `precision` (default: the target's first) into `output`.
     `tasks` declares extra tasks ({token: {"prompt", "parse_type"}}). `options` are target-specific
     (opset, static...) and reach the target's writer unchanged; `mobile` and `conformance` add the
-    files of export/mobile.py and export/conformance_writer.py (conformance: default = mobile)."""
+    files of export/mobile.py and export/conformance_writer.py (conformance: default = mobile);
+    `calibration` ("builtin", a folder, or a CalibrationSet; `calibration_count`) makes int8 calibrated."""
     spec_target = TARGETS[target]
     precision = precision or spec_target.precisions[0]
+    calibration = options.pop("calibration", None)
+    if not isinstance(calibration, CalibrationSet):
+        calibration = check_calibration(None if calibration is None else str(calibration),
+                                        options.pop("calibration_count", None), target, precision)
+    options.pop("calibration_count", None)
     if spec_target.static:  # a target that only runs fixed shapes (coreml) gets them without --static
         options = {**options, "static": True}
     mobile, conformance = check_mobile_options(spec_target, options)
@@ -67,12 +75,15 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
         if options.get("static"):
             contract = contract.with_static(static_layout(contract, checkpoint, options))
         manifest = build_manifest(checkpoint, contract, target, precision, source_record(checkpoint), tasks)
+        feeds = _calibration_feeds(calibration, checkpoint, contract, manifest)
+        manifest = replace(manifest, quantization=quantization_record(target, precision, calibration, feeds))
         with staged_folder(output) as folder:
             graphs, results = {}, []
             specs = graph_specs(contract)
             for index, spec in enumerate(specs, 1):
+                graph_options = {**options, "calibration": feeds.get(spec.name)}
                 graphs[spec.name], parity = _export_graph(spec, spec_target, checkpoint.model, contract, folder,
-                                                          f"[{index}/{len(specs)}]", precision, options)
+                                                          f"[{index}/{len(specs)}]", precision, graph_options)
                 results.append(parity)
             if mobile:  # the same gate for the .ort form of each graph
                 graphs, ort_results = write_ort_variants(folder, specs, graphs, checkpoint.model, contract, precision)
@@ -90,6 +101,29 @@ def run_export(model: str | None, target: str, output: Path, overwrite: bool = F
     size = sum(r.bytes for r in _all_records(manifest)) / 1e6
     log.info("wrote %s (%.1f MB) in %.1f s", output, size, time.perf_counter() - started)
     return manifest
+
+
+def _calibration_feeds(calibration: CalibrationSet | None, checkpoint, contract: Contract, manifest) -> dict:
+    if calibration is None:
+        return {}
+    from .calibration import calibration_feeds
+
+    return calibration_feeds(calibration, checkpoint.model, contract, manifest, checkpoint.processor.tokenizer)
+
+
+def quantization_record(target: str, precision: str, calibration: CalibrationSet | None,
+                        feeds: dict) -> QuantizationRecord | None:
+    """The manifest's account of an int8/int4 export; None for float precisions."""
+    from quantize.methods import graph_method, overall_method
+    from runtime.contract import GRAPH_NAMES
+
+    methods = {name: graph_method(target, precision, name, calibrated=name in feeds) for name in GRAPH_NAMES}
+    if None in methods.values():
+        return None
+    method = overall_method(methods)
+    calibrated = calibration is not None and method == "calibrated"
+    return QuantizationRecord(method=method, graphs=methods, calibration=calibration.source if calibrated else None,
+                              count=calibration.count if calibrated else None)
 
 
 def static_layout(contract: Contract, checkpoint, options: dict) -> StaticLayout:
@@ -127,7 +161,9 @@ def _export_graph(spec, target, model, contract: Contract, folder: Path, step: s
         parity = target.verify(spec, model, contract, written, precision=precision)
     else:
         try:
-            session = open_session(target.name, path, device="cpu", **target.gate_session)
+            compute = ({"inference_precision": COMPUTE_PRECISIONS[precision], "precision_fallback": True}
+                       if precision in COMPUTE_PRECISIONS else {})  # what the runtime will compile it with
+            session = open_session(target.name, path, device="cpu", **target.gate_session, **compute)
         except PlatformError as err:
             raise ExportError(str(err)) from None
         parity = check_graph(spec, session, model, contract, precision=precision)

@@ -29,10 +29,10 @@ class Target:
     verify: Callable | None = None
 
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 
-def _onnx_writer(spec, model, example, path, precision="fp32", opset=None, **_):
+def _onnx_writer(spec, model, example, path, precision="fp32", opset=None, calibration=None, **_):
     from .onnx_writer import DEFAULT_OPSET, write_onnx
 
     if precision == "fp32":
@@ -45,13 +45,13 @@ def _onnx_writer(spec, model, example, path, precision="fp32", opset=None, **_):
     with scratch_folder("fp32") as scratch:  # named after this process: swept if it is killed
         fp32 = write_onnx(spec, model, example, Path(scratch) / Path(path).name, opset=opset or DEFAULT_OPSET)
         table = tuple(model.get_input_embeddings().weight.shape)  # the tied word embedding, [V, d]
-        return quantize_onnx(fp32, Path(path), precision, spec.name, table_shape=table)
+        return quantize_onnx(fp32, Path(path), precision, spec.name, table_shape=table, calibration=calibration)
 
 
-def _openvino_writer(spec, model, example, path, precision="fp32", **_):
+def _openvino_writer(spec, model, example, path, precision="fp32", calibration=None, **_):
     from .openvino_writer import write_openvino
 
-    return write_openvino(spec, model, example, path, precision=precision)
+    return write_openvino(spec, model, example, path, precision=precision, calibration=calibration)
 
 
 def _coreml_writer(spec, model, example, path, precision="fp16", **_):
@@ -67,14 +67,19 @@ def _coreml_verify(spec, model, contract, written, precision="fp16"):
 
 
 COREML_INT4_REFUSAL = coreml_quantize.INT4_REFUSAL
+BF16_REFUSAL = "bf16 is an OpenVINO compute precision (--target openvino --bf16)"
 
 
 TARGETS: dict[str, Target] = {
     "onnx": Target("onnx", ".onnx", _onnx_writer, ("fp32", "fp16", "int8", "int4"), ("opset", "static", "mobile"),
-                   "ONNX graphs for onnxruntime (CPU, and GPU/NPU execution providers)"),
-    # fp16: fp16 weights, upcast at load; int8/int4: NNCF weight compression (quantize/openvino.py).
+                   "ONNX graphs for onnxruntime (CPU, and GPU/NPU execution providers)",
+                   refused={"bf16": "onnxruntime's CPU provider has no bf16 kernels for these graphs; "
+                                    "use --target openvino --bf16"}),
+    # fp16: fp16 weights, upcast at load; bf16: the same file, run with bf16 compute (the gate and the
+    # runtime pass inference_precision from the manifest: platforms/openvino.py); int8/int4: NNCF
+    # weight compression, or with --calibration calibrated int8 (quantize/openvino.py).
     # The gate compiles from the staging folder: no compile cache for blobs nobody will load again.
-    "openvino": Target("openvino", ".xml", _openvino_writer, ("fp32", "fp16", "int8", "int4"), ("static",),
+    "openvino": Target("openvino", ".xml", _openvino_writer, ("fp32", "fp16", "bf16", "int8", "int4"), ("static",),
                        "OpenVINO IR for CPU, GPU and NPU (--static for the NPU)",
                        weights_suffix=".bin", gate_session={"cache_dir": None}),
     # ML Programs for macOS 14 / iOS 17, always fixed-shape (the Neural Engine compiles nothing else).
@@ -82,5 +87,5 @@ TARGETS: dict[str, Target] = {
     # needs macOS: the gate checks the converted torch module and reads the program back instead.
     "coreml": Target("coreml", ".mlpackage", _coreml_writer, ("fp16", "fp32", "int8"), ("static",),
                      "CoreML ML Programs for Apple silicon: CPU, GPU and Neural Engine (macOS 14 / iOS 17)",
-                     refused={"int4": COREML_INT4_REFUSAL}, static=True, verify=_coreml_verify),
+                     refused={"int4": COREML_INT4_REFUSAL, "bf16": BF16_REFUSAL}, static=True, verify=_coreml_verify),
 }

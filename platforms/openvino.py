@@ -3,7 +3,9 @@
 - Precision: f32 inference unless asked otherwise. OpenVINO's CPU plugin otherwise computes in bf16
   on CPUs with AMX/avx512_bf16 (0.08 max abs diff on the vision tower, enough to change tokens) and
   the GPU plugin in f16. `inference_precision="bf16"` or `"f16"` opts in, where the device can.
-  The NPU computes in f16 whatever the hint: it gets none.
+  The NPU computes in f16 whatever the hint: it gets none. A bf16 artifact (`--bf16`) asks for bf16
+  with `precision_fallback`: a CPU without bf16 (no AMX/avx512_bf16) then computes in f32, with a
+  warning, instead of refusing the artifact.
 - Compile cache: compiled graphs are kept in `cache_dir` (default: $FLORENCE2_EDGE_CACHE, else
   $XDG_CACHE_HOME/florence2-edge/openvino, else ~/.cache/florence2-edge/openvino; None disables),
   in a subfolder per device and option set, so a second load imports the compiled blob instead of
@@ -71,21 +73,27 @@ def check_device(device: str) -> str:
     return name
 
 
-def compile_config(name: str, inference_precision: str | None, cache_dir, threads: int | None) -> dict:
-    """The compile options for device `name`; PlatformError for a precision the device cannot run."""
+def compile_config(name: str, inference_precision: str | None, cache_dir, threads: int | None,
+                   precision_fallback: bool = False) -> dict:
+    """The compile options for device `name`; PlatformError for a precision the device cannot run
+    (with `precision_fallback`, a warning and f32 instead)."""
     config = {}
     precision = _ALIASES.get(inference_precision, inference_precision or "f32")
     if precision not in PRECISIONS:
         raise PlatformError(f"unknown inference_precision {inference_precision!r}; expected one of {', '.join(PRECISIONS)}")
     hint, capability = PRECISIONS[precision]
     if name == "NPU":
-        if inference_precision is not None and precision != "f16":
+        if inference_precision is not None and precision != "f16" and not precision_fallback:
             raise PlatformError(f"the NPU computes in f16; inference_precision {inference_precision!r} is not available there")
     elif name == "AUTO":
         config["INFERENCE_PRECISION_HINT"] = hint  # passed on to the device AUTO picks
     else:
         capabilities = core().get_property(name, "OPTIMIZATION_CAPABILITIES")
-        if capability not in capabilities:
+        if capability not in capabilities and precision_fallback:
+            warnings.warn(f"{name} cannot compute in {precision} here (it supports {', '.join(capabilities)}): "
+                          "running in f32", stacklevel=3)
+            hint = "f32"
+        elif capability not in capabilities:
             raise PlatformError(f"{name} cannot compute in {precision} here (it supports {', '.join(capabilities)})")
         config["INFERENCE_PRECISION_HINT"] = hint
     if name == "CPU":
@@ -113,9 +121,9 @@ def compile_config(name: str, inference_precision: str | None, cache_dir, thread
 
 class OpenVINOSession:
     def __init__(self, path: Path, device: str = "cpu", inference_precision: str | None = None,
-                 cache_dir=DEFAULT, threads: int | None = None):
+                 cache_dir=DEFAULT, threads: int | None = None, precision_fallback: bool = False):
         name = check_device(device)
-        config = compile_config(name, inference_precision, cache_dir, threads)
+        config = compile_config(name, inference_precision, cache_dir, threads, precision_fallback)
         _check_ir(path)
         try:
             # From the path, not a read ov.Model: with a cache, a second load skips reading the IR.

@@ -13,11 +13,9 @@ which pass each graph gets at each precision and which of its modules stay fp32.
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import fnmatch
 import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from pathlib import Path
 import onnx
 
 from . import tied
+from .methods import graph_method
+from .quiet import quiet_quantizers as _quiet
 
 # Block size: 32 values share a scale and a zero point (4 + 1.1 bits per weight). Measured on the
 # base-shape decoder (all int4): cosine of logits 0.957 at 32, 0.947 at 64, 0.943 at 128; the decoder
@@ -115,10 +115,18 @@ def nodes_in_scopes(model: onnx.ModelProto, scopes: tuple[str, ...]) -> list[str
 
 
 def quantize_onnx(source: Path, dest: Path, precision: str, graph: str, table_shape: tuple[int, int] | None = None,
-                  policy: GraphPolicy | None = None) -> Path:
+                  policy: GraphPolicy | None = None, calibration: list[dict] | None = None) -> Path:
     """Write `source` (an fp32 graph) at `precision` to `dest`. `table_shape` is the word embedding's
-    [V, d]: that table is quantized on purpose and stored in a shared file beside `dest`."""
+    [V, d]: that table is quantized on purpose and stored in a shared file beside `dest`.
+    `calibration` (feeds; int8 graphs only): calibrated int8 (quantize/onnx_calibrated.py) instead
+    of dynamic."""
+    from .onnx_calibrated import KEEP_FP32, calibrated_int8
+
     policy = policy or policy_for(precision, graph)
+    if policy.precision != "int8":
+        calibration = None
+    if calibration is not None:
+        policy = dataclasses.replace(policy, keep_fp32=policy.keep_fp32 + KEEP_FP32.get(graph, ()))
     model = onnx.load(str(source))
     keep = nodes_in_scopes(model, policy.keep_fp32)
     for scopes in (policy.keep_fp32, policy.int8):
@@ -135,7 +143,9 @@ def quantize_onnx(source: Path, dest: Path, precision: str, graph: str, table_sh
             tied.rewrite_int8(model, table, prefix=f"positions{n}", columns=False)
         for n, table in enumerate(tables):
             shared |= _rewrite_table(model, table, policy.table or policy.precision, "embedding" + (str(n) if n else ""))
-        if policy.precision == "int8":
+        if calibration is not None:
+            model = calibrated_int8(model, keep, calibration)
+        elif policy.precision == "int8":
             model = _int8(model, keep, policy.conv)
         else:
             int8 = nodes_in_scopes(model, policy.int8)
@@ -145,12 +155,12 @@ def quantize_onnx(source: Path, dest: Path, precision: str, graph: str, table_sh
     elif policy.precision != "fp32":
         raise ValueError(f"no ONNX precision pass for {precision!r}; expected fp16, int8 or int4")
     tied.share_tables(model, dest.parent, shared)
-    _describe(model, graph, policy)
+    _describe(model, graph, policy, calibrated=None if calibration is None else len(calibration))
     onnx.save(model, str(dest))
     return dest
 
 
-def _describe(model: onnx.ModelProto, graph: str, policy: GraphPolicy) -> None:
+def _describe(model: onnx.ModelProto, graph: str, policy: GraphPolicy, calibrated: int | None = None) -> None:
     """Drop the exporter's per-node provenance (stack traces: ~1 MB per graph, needed only to select
     nodes by module, done by now) and record the pass in the graph's own metadata instead."""
     for node in model.graph.node:
@@ -158,6 +168,9 @@ def _describe(model: onnx.ModelProto, graph: str, policy: GraphPolicy) -> None:
     record = {"graph": graph, **dataclasses.asdict(policy)}
     if policy.precision == "int4":
         record.update(block_size=INT4_BLOCK_SIZE, accuracy_level=INT4_ACCURACY_LEVEL)
+    record["method"] = "calibrated" if calibrated else graph_method("onnx", policy.precision, graph)
+    if calibrated:
+        record["calibration_feeds"] = calibrated
     entries = {p.key: p.value for p in model.metadata_props}
     entries["florence2_edge.precision_pass"] = json.dumps(record)
     del model.metadata_props[:]
@@ -205,18 +218,3 @@ def _int4(model: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
     with _quiet():
         quantizer.process()
     return quantizer.model.model
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime's quantizers log per node, and advice, through the root logger (logging.info):
-    not the user's concern. Our own log says what happens."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

@@ -1,7 +1,10 @@
 """The fidelity report: a candidate artifact (fp16, int8, int4, another target) against its fp32 reference.
 
-    python -m quantize.report --reference fl2-base-onnx --candidate fl2-base-onnx-int8 \\
+    python -m quantize.report --reference fl2-base-onnx --candidate fl2-base-onnx-int8 [fl2-base-onnx-int8-cal ...] \\
         [--images a.jpg b.png] [--tasks "<CAPTION>" "<OD>"] [--max-new-tokens 20] [--json report.json]
+
+Several candidates (e.g. dynamic and calibrated int8) are each measured against the same reference on
+the same inputs, then set side by side in one summary table.
 
 Both artifacts run through their own backend (`platforms.open_session(manifest.target, ...)`, via
 `runtime.Florence2`), so any target whose backend is importable can be either side. Measured:
@@ -222,7 +225,15 @@ def build_report(reference: Path, candidate: Path, images: list | None = None, t
 def _describe(model, path: Path, size: int) -> dict:
     m = model.manifest
     return {"path": str(path), "target": m.target, "precision": m.precision, "source": m.source.get("model"),
-            "bytes": size, "shared_bytes": shared_bytes(model)}
+            "bytes": size, "shared_bytes": shared_bytes(model), "method": _method(m)}
+
+
+def _method(manifest) -> str | None:
+    """The quantization method in a few words: "calibrated (builtin, 8 images)", "dynamic"..."""
+    q = manifest.quantization
+    if q is None:
+        return None
+    return f"{q.method} ({q.calibration}, {q.count} images)" if q.calibration else q.method
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -231,7 +242,7 @@ def _describe(model, path: Path, size: int) -> dict:
 def format_table(report: dict) -> str:
     ref, cand = report["reference"], report["candidate"]
     lines = [f"reference  {ref['path']}  ({ref['target']} {ref['precision']}, {ref['bytes'] / 1e6:.1f} MB)",
-             f"candidate  {cand['path']}  ({cand['target']} {cand['precision']}, {cand['bytes'] / 1e6:.1f} MB)",
+             f"candidate  {cand['path']}  ({_label(cand)}, {cand['bytes'] / 1e6:.1f} MB)",
              f"{report['images']} images x {len(report['tasks'])} tasks ({' '.join(report['tasks'])}), "
              f"max {report['max_new_tokens']} new tokens", "",
              f"{'graph':<15} {'file MB':>8} {'cos (generated)':>16} {'max err':>9} {'cos (images)':>13} {'max err':>9}"]
@@ -250,6 +261,26 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _label(side: dict) -> str:
+    method = side.get("method")
+    return f"{side['target']} {side['precision']}" + (f" {method}" if method else "")
+
+
+def compare_table(reports: list[dict]) -> str:
+    """Candidates side by side against their common reference: per graph the least cosine on the
+    reference's own image chain, then top-1 and token agreement, size and speed."""
+    heads = [f"[{i}]" for i in range(1, len(reports) + 1)]
+    lines = [f"{h} {r['candidate']['path']}  ({_label(r['candidate'])})" for h, r in zip(heads, reports)]
+    lines += ["", f"{'cosine (images)':<22}" + "".join(f"{h:>11}" for h in heads)]
+    for name in reports[0]["graphs"]:
+        lines.append(f"{name:<22}" + "".join(f"{r['graphs'][name]['images']['min_cosine']:>11.6f}" for r in reports))
+    rows = [("first-step top-1", lambda r: r["first_step_top1"])]
+    rows += [(f"{mode} tokens identical", lambda r, m=mode: r["tokens"][m]["token_agreement"]) for mode in MODES]
+    rows += [("size ratio", lambda r: r["size_ratio"]), ("speed ratio", lambda r: r["speed"]["ratio"])]
+    lines += [f"{label:<22}" + "".join(f"{value(r):>11.3f}" for r in reports) for label, value in rows]
+    return "\n".join(lines)
+
+
 def _cell(g: dict, width: int = 16) -> str:
     if "skipped" in g:
         return f"{'skipped':>{width}} {'':>9}"
@@ -262,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m quantize.report",
                            description="Compare a reduced-precision artifact with its fp32 reference.")
     parser.add_argument("--reference", type=Path, required=True, help="the fp32 artifact folder")
-    parser.add_argument("--candidate", type=Path, required=True, help="the artifact folder to judge")
+    parser.add_argument("--candidate", type=Path, nargs="+", required=True,
+                        help="the artifact folder(s) to judge, each against the same reference")
     parser.add_argument("--images", nargs="+", type=Path, help="image files (default: 3 generated images)")
     parser.add_argument("--tasks", nargs="+", help=f"task tokens (default: {' '.join(DEFAULT_TASKS)})")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="per generation (default 20)")
@@ -280,15 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_new_tokens < 1 or args.repeats < 1:
             raise ReportError("--max-new-tokens and --repeats must be at least 1")
         images = [load_image(path) for path in args.images] if args.images else None
-        report = build_report(args.reference, args.candidate, images, args.tasks, args.max_new_tokens, args.repeats)
+        reports = [build_report(args.reference, candidate, images, args.tasks, args.max_new_tokens, args.repeats)
+                   for candidate in args.candidate]
     except (ReportError, Florence2Error) as err:
         print(f"quantize.report: error: {err}", file=sys.stderr)
         return 2
+    report = reports[0] if len(reports) == 1 else {"reports": reports}  # one candidate: the JSON as before
     text = json.dumps(report, indent=2)
     if args.json and str(args.json) == "-":
         print(text)
         return 0
-    print(format_table(report))
+    print("\n\n".join(format_table(r) for r in reports))
+    if len(reports) > 1:
+        print("\n" + compare_table(reports))
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0

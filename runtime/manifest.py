@@ -5,7 +5,8 @@ frozen `Manifest` serialized as JSON; `read_manifest` rebuilds it field by field
 so a malformed one fails at load with one line naming the field, never later inside a backend:
 
     format_version   FORMAT_VERSION; older ones are refused (export again), newer ones too (upgrade)
-    target           "onnx" | "openvino" | "coreml";   precision  "fp32" | "fp16" | "int8" | "int4"
+    target           "onnx" | "openvino" | "coreml";   precision  "fp32" | "fp16" | "bf16" | "int8" | "int4"
+                     (bf16: openvino only, fp16 weights computed in bf16: COMPUTE_PRECISIONS)
     source           where the weights came from and with which tools (free-form)
     dims, tokens     the graph contract (runtime/contract.py): widths, image size and tokens, ids
     static           null, or the fixed shapes of a static-shape artifact (a StaticLayout)
@@ -20,6 +21,8 @@ so a malformed one fails at load with one line naming the field, never later ins
                      the onnxruntime that wrote each graph's "ort" variant, the reduced-operator config,
                      the id -> token-bytes table and the dataflow between the graphs, stated in words
     conformance      null, or the test-vector file in `files` (`--conformance`, runtime/vectors.py)
+    quantization     null, or how an int8/int4 artifact is quantized (QuantizationRecord): "dynamic",
+                     "calibrated" or "weight-only", per graph, and the calibration images' source and count
     checksum         sha256 of every other field: an edited manifest is refused at load
                      (`python -m runtime.manifest seal FOLDER` re-seals a deliberate edit)
 
@@ -47,6 +50,11 @@ FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 TARGETS = ("onnx", "openvino", "coreml")
+# Artifact precisions that are the backend's compute precision rather than a storage format: the runtime
+# (and the export's parity gate) compile the graphs with this inference precision, where the device has it.
+COMPUTE_PRECISIONS = {"bf16": "bf16"}
+QUANTIZATION_METHODS = ("dynamic", "calibrated", "weight-only")
+CALIBRATION_SOURCES = ("builtin", "dir")
 __all__ = ["GRAPH_NAMES", "FORMAT_VERSION", "Manifest", "read_manifest", "file_record", "sha256_of"]
 
 
@@ -127,6 +135,16 @@ class MobileRecord:
 
 
 @dataclass(frozen=True)
+class QuantizationRecord:
+    """How an int8/int4 artifact was quantized (python -m export --int8 [--calibration DIR|builtin])."""
+
+    method: str  # QUANTIZATION_METHODS: the artifact's, "calibrated" if any graph is
+    graphs: dict[str, str]  # graph -> its method (a calibrated export keeps the decoder dynamic)
+    calibration: str | None = None  # CALIBRATION_SOURCES, for "calibrated"
+    count: int | None = None  # calibration images
+
+
+@dataclass(frozen=True)
 class Manifest:
     target: str
     precision: str
@@ -142,6 +160,7 @@ class Manifest:
     static: StaticLayout | None = None
     mobile: MobileRecord | None = None
     conformance: str | None = None  # the test-vector file, in `files`
+    quantization: QuantizationRecord | None = None  # absent in fp32/fp16/bf16 artifacts and older manifests
     format_version: int = FORMAT_VERSION
     checksum: str | None = None
     _explicit_nulls: ClassVar[tuple[str, ...]] = ("static",)  # "static": null says "dynamic shapes"
@@ -330,7 +349,7 @@ def _first_problem(m: Manifest) -> str | None:
             return f"post_processing: no settings for parse type {task.parse_type!r} (task {token})"
     if m.static is not None and m.static.problems(dims):
         return f"static: {m.static.problems(dims)[0]}"
-    problem = _mobile_problem(m)
+    problem = _mobile_problem(m) or _quantization_problem(m)
     if problem:
         return problem
     try:
@@ -359,6 +378,25 @@ def _mobile_problem(m: Manifest) -> str | None:
     for where, name in named.items():
         if name is not None and name not in m.files:
             return f"{where}: {name!r} is not listed in files"
+    return None
+
+
+def _quantization_problem(m: Manifest) -> str | None:
+    q = m.quantization
+    if q is None:
+        return None
+    for where, method in (("method", q.method), *((f"graphs.{g}", v) for g, v in q.graphs.items())):
+        if method not in QUANTIZATION_METHODS:
+            return f"quantization.{where}: expected one of {', '.join(QUANTIZATION_METHODS)}, got {method!r}"
+    unknown = sorted(set(q.graphs) - set(GRAPH_NAMES))
+    if unknown:
+        return f"quantization.graphs: unknown graph {unknown[0]!r}"
+    if (q.calibration is None) != (q.method != "calibrated"):
+        return "quantization.calibration: a calibrated artifact names its calibration source, only it does"
+    if q.calibration is not None and q.calibration not in CALIBRATION_SOURCES:
+        return f"quantization.calibration: expected one of {', '.join(CALIBRATION_SOURCES)}, got {q.calibration!r}"
+    if q.count is not None and q.count < 1:
+        return f"quantization.count: expected a positive number of images, got {q.count}"
     return None
 
 

@@ -28,7 +28,7 @@ from .errors import ArtifactError, BackendError, TaskError
 from .generation import GenerationOptions
 from .graph import Graph
 from .images import load_image
-from .manifest import TOKENIZER_NAME, Manifest, read_manifest
+from .manifest import COMPUTE_PRECISIONS, TOKENIZER_NAME, Manifest, read_manifest
 from .postprocess import parse
 from .preprocess import Preprocessor
 from .prompts import build_prompt
@@ -89,6 +89,8 @@ class Florence2:
             if manifest.target != "openvino":
                 raise ArtifactError(f"inference_precision applies to openvino artifacts; {folder} is {manifest.target}")
             options["inference_precision"] = inference_precision
+        elif manifest.precision in COMPUTE_PRECISIONS:  # a bf16 artifact: its compute precision, where the device has it
+            options.update(inference_precision=COMPUTE_PRECISIONS[manifest.precision], precision_fallback=True)
         if prefer_ort and any("ort" not in g.variants for g in manifest.graphs.values()):
             raise ArtifactError(f"prefer_ort: {folder} has no ORT-format graphs; export it with --mobile")
         tokens = manifest.tokens

@@ -4,6 +4,7 @@ structure and sane values (never for speed: timings on a shared machine are not 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def test_benchmark_tiny_onnx(tmp_path, cache):
     for run in reference["runs"]:
         assert all(run[key] > 0 for key in STAGES if key != "size_mb")
 
-    runs = data["runs"]
+    runs = [r for r in data["runs"] if r["target"] != "transformers"]
     assert sorted((r["target"], r["precision"], r["tokens"], r["beams"]) for r in runs) == [
         ("onnx", "fp32", 4, 1), ("onnx", "fp32", 4, 3)]
     for run in runs:
@@ -44,14 +45,31 @@ def test_benchmark_tiny_onnx(tmp_path, cache):
         assert run["speedup_e2e"] > 0 and run["speedup_decode"] > 0
         assert run["ids_match"] is True  # fp32 decodes exactly what transformers does
 
+    # The transformers peers, in the same run, each row with its ratios (bench_peers.py).
+    peers = [r for r in data["runs"] if r["target"] == "transformers"]
+    assert sorted((r["precision"], r["beams"]) for r in peers) == [
+        (peer, beams) for peer in ("bf16-autocast", "eager", "int8-dynamic") for beams in (1, 3)]
+    for row in peers + runs:
+        for key in ("speedup_e2e", "speedup_best", "x_floor", "floor_ms"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row["precision"], key, row[key])
+    assert max(r["speedup_best"] for r in peers) == 1.0  # the best transformers variant is its own yardstick
+
+    # The limits (bench_limits.py): bandwidth, and the cold start of python -m runtime.
+    limits = data["limits"]
+    assert limits["gemv"]["gb_per_s"] > 0 and limits["gemv"]["bytes"] > 0
+    assert [s["target"] for s in limits["cold_starts"]] == ["onnx"] and limits["cold_starts"][0]["cold_start_s"] > 0
+    assert "GEMV bandwidth" in result.stdout and "cold start onnx fp32" in result.stdout
+
 
 def test_benchmark_skips_unavailable_candidates_and_reuses_the_cache(cache):
     """A precision or target not available is a printed skip, not a crash; a cached artifact is reused."""
     base = [sys.executable, str(REPO / "examples" / "benchmark.py"), "--size", "tiny", "--targets", "onnx,nosuch",
-            "--tokens", "2", "--beams", "1", "--repeats", "1", "--cache", str(cache)]
+            "--tokens", "2", "--beams", "1", "--repeats", "1", "--cache", str(cache), "--peers", "default,nosuch",
+            "--skip-limits"]
     first = subprocess.run(base + ["--precisions", "fp32,int3"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "skip onnx int3" in first.stdout and "skip nosuch fp32" in first.stdout
+    assert "skip transformers nosuch" in first.stdout and "GEMV" not in first.stdout
     second = subprocess.run(base + ["--precisions", "fp32"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "exporting" not in second.stdout
