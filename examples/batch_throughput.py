@@ -149,7 +149,7 @@ def cli_rounds(artifact: Path, folder: Path, paths: list[Path], args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     csv = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    parser.add_argument("--size", choices=["tiny", "base", "large"], default="base")
+    parser.add_argument("--size", choices=["random-tiny", "base", "large"], default="base")
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--artifact", help="an existing artifact folder (instead of exporting embedded:<size>)")
     parser.add_argument("--cache", help="artifact cache (default: examples/benchmark.py's)")

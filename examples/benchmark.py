@@ -263,7 +263,7 @@ def print_table(rows: list[dict]) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     csv = lambda kind: lambda s: [kind(x) for x in s.split(",") if x]  # noqa: E731
-    parser.add_argument("--size", choices=["tiny", "base", "large"], default="base")
+    parser.add_argument("--size", choices=["random-tiny", "base", "large"], default="base")
     parser.add_argument("--model", help="a transformers-native checkpoint folder (instead of embedded:<size>)")
     parser.add_argument("--targets", type=csv(str), default=["onnx"])
     parser.add_argument("--precisions", type=csv(str), default=["fp32"])

@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m export", description="Export a Florence-2 checkpoint to split, validated graphs.")
     parser.add_argument("--model", help="checkpoint folder or hub id, transformers-native or original Microsoft "
                         "layout (detected; its code is never run); "
-                        "default: the embedded tiny checkpoint (embedded:tiny; also embedded:base, embedded:large "
-                        "for real shapes with random weights)")
+                        "default: embedded:tiny, the small checkpoint shipped with the kit, trained on synthetic "
+                        "scenes of shapes and text; embedded:random-tiny, embedded:base, embedded:large have "
+                        "random weights, for shape and speed work)")
     parser.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
     parser.add_argument("--output", type=Path, help="artifact folder (default: ./florence2-<model>-<target>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")

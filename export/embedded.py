@@ -1,9 +1,11 @@
 """Build Florence-2 checkpoints offline, in the transformers-native layout, from a preset and a seed.
 
-`tiny` is the embedded default `python -m export` uses without `--model`: the real architecture at
-small width, so every graph, every token id and every file is exercised in seconds, with no network.
-`base` and `large` have the real shapes (random weights), for size and parity checks of real-sized
-graphs. The tokenizer is a real byte-level BPE (trained here on a small corpus) carrying every token
+These are the random presets: `random-tiny` is the real architecture at small width with the real
+image size (768 px, 577 image tokens), so every graph, every token id and every file is exercised in
+seconds, with no network; `base` and `large` have the real shapes (random weights), for size, speed
+and parity checks of real-sized graphs. The embedded default `python -m export` uses without
+`--model` is not one of them: `embedded:tiny` is the checkpoint trained on synthetic scenes and
+shipped in `export/synthetic/weights/` (see `TRAINED`), a model whose answers are right. The tokenizer is a real byte-level BPE (trained here on a small corpus) carrying every token
 real Florence-2 checkpoints add: the task tokens, `<loc_0>`..`<loc_999>`, `<poly>`, `<sep>`... and
 `<image>`. Processor, preprocessing and generation config are written as real checkpoints have them.
 """
@@ -31,9 +33,13 @@ A woman holding an umbrella in the rain. A plate of food with rice, vegetables a
 A bus stop with people waiting, trees and a blue sky with clouds. The quick brown fox jumps over the lazy dog.
 """
 
+# The trained default (embedded:tiny): package data, written by `python -m export.synthetic.train --export`.
+TRAINED = "tiny"
+TRAINED_WEIGHTS = Path(__file__).parent / "synthetic" / "weights"
+
 PRESETS: dict[str, dict] = {
     # Real architecture, small width: 577 image tokens (768x768 input, window 12) like the real model.
-    "tiny": {
+    "random-tiny": {
         "vision": dict(embed_dim=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], num_groups=[1, 2, 3, 4],
                        depths=[1, 1, 2, 1], projection_dim=64),
         "text": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -97,7 +103,7 @@ def build_config(preset: str, tokenizer, vision: dict | None = None, text: dict 
                            image_token_id=tokenizer.image_token_id)
 
 
-def build_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, image_size: int | None = None,
+def build_checkpoint(out_dir: str | Path, preset: str = "random-tiny", seed: int = 0, image_size: int | None = None,
                      vision: dict | None = None, text: dict | None = None) -> Path:
     """Write a complete native-layout checkpoint (config, safetensors weights, tokenizer, processor,
     generation config) to `out_dir`. Deterministic for a given preset and seed. `image_size` (square,

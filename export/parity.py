@@ -21,7 +21,7 @@ from .specs import GraphSpec
 # The fidelity floor of a reduced-precision graph: the least cosine similarity to transformers' fp32
 # output that each output of each graph must keep on the gate's inputs (fp32 graphs are held to max
 # abs diff instead). Set from measurement: the worst output of each graph with the ONNX policy of
-# quantize/onnx.py (2026-11-23, onnxruntime 1.32), embedded:tiny / embedded:base (random weights):
+# quantize/onnx.py (2026-11-23, onnxruntime 1.32), embedded:random-tiny / embedded:base (random weights):
 #          vision_encoder     embed_tokens       encoder            decoder (logits)
 #   fp16   1.00000/1.00000    1.00000/1.00000    1.00000/1.00000    1.00000/1.00000
 #   int8   0.99996/0.99974    0.99998/0.99997    0.99994/0.99978    0.99936/0.99939

@@ -37,17 +37,32 @@ EMBEDDED_PREFIX = "embedded:"
 def resolve_checkpoint(model: str | None, scratch: Path) -> Checkpoint:
     """`None` or `embedded:<preset>` builds a deterministic checkpoint offline; anything else loads."""
     if model is None or model.startswith(EMBEDDED_PREFIX):
-        from .embedded import PRESETS, build_checkpoint
+        from .embedded import PRESETS, TRAINED, TRAINED_WEIGHTS, build_checkpoint
 
-        preset = (model or "embedded:tiny")[len(EMBEDDED_PREFIX):]
+        preset = (model or EMBEDDED_PREFIX + TRAINED)[len(EMBEDDED_PREFIX):]
+        if preset == TRAINED:
+            return _trained_checkpoint(TRAINED_WEIGHTS)
         if preset not in PRESETS:
             raise ExportError(f"unknown embedded checkpoint {model!r}; expected one of "
-                              + ", ".join(EMBEDDED_PREFIX + p for p in PRESETS))
+                              + ", ".join(EMBEDDED_PREFIX + p for p in (TRAINED, *PRESETS)))
         log.info("building the embedded %s checkpoint (random weights, seed 0)", preset)
         checkpoint = load_checkpoint(str(build_checkpoint(scratch / preset, preset=preset)))
         checkpoint.source = EMBEDDED_PREFIX + preset
         return checkpoint
     return load_checkpoint(model)
+
+
+def _trained_checkpoint(folder: Path) -> Checkpoint:
+    """The shipped checkpoint trained on synthetic scenes, loaded from package data like any folder."""
+    from .embedded import TRAINED
+
+    if not (folder / "model.safetensors").is_file():
+        raise ExportError(f"the trained embedded checkpoint is missing from {folder} (a broken install?); "
+                          "reinstall florence2-edge, or pass --model embedded:random-tiny")
+    log.info("loading the embedded %s checkpoint (trained on synthetic scenes) from %s", TRAINED, folder)
+    checkpoint = load_checkpoint(str(folder))
+    checkpoint.source = EMBEDDED_PREFIX + TRAINED
+    return checkpoint
 
 
 def run_export(model: str | None, target: str, output: Path, overwrite: bool = False,

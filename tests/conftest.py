@@ -11,7 +11,7 @@ from PIL import Image
 def tiny_checkpoint(tmp_path_factory):
     from export.embedded import build_checkpoint
 
-    return build_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny", preset="tiny", seed=0)
+    return build_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny", preset="random-tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def variant_checkpoint(tmp_path_factory):
 
     def get(name: str):
         if name not in built:
-            built[name] = build_checkpoint(tmp_path_factory.mktemp("variants") / name, preset="tiny", seed=3,
+            built[name] = build_checkpoint(tmp_path_factory.mktemp("variants") / name, preset="random-tiny", seed=3,
                                            **VARIANTS[name])
         return built[name]
 

@@ -23,7 +23,7 @@ def cache(tmp_path_factory):
 
 def test_benchmark_tiny_onnx(tmp_path, cache):
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(REPO / "examples" / "benchmark.py"), "--size", "tiny", "--targets", "onnx",
+    command = [sys.executable, str(REPO / "examples" / "benchmark.py"), "--size", "random-tiny", "--targets", "onnx",
                "--precisions", "fp32", "--tokens", "4", "--beams", "1,3", "--repeats", "1",
                "--cache", str(cache), "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -63,7 +63,7 @@ def test_benchmark_tiny_onnx(tmp_path, cache):
 
 def test_benchmark_skips_unavailable_candidates_and_reuses_the_cache(cache):
     """A precision or target not available is a printed skip, not a crash; a cached artifact is reused."""
-    base = [sys.executable, str(REPO / "examples" / "benchmark.py"), "--size", "tiny", "--targets", "onnx,nosuch",
+    base = [sys.executable, str(REPO / "examples" / "benchmark.py"), "--size", "random-tiny", "--targets", "onnx,nosuch",
             "--tokens", "2", "--beams", "1", "--repeats", "1", "--cache", str(cache), "--peers", "default,nosuch",
             "--skip-limits"]
     first = subprocess.run(base + ["--precisions", "fp32,int3"], cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -110,16 +110,3 @@ def test_failed_overwrite_keeps_the_previous_artifact(onnx_artifact, tiny_checkp
         pipeline.run_export(str(tiny_checkpoint), "onnx", output, overwrite=True)
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
-
-
-def test_readme_command_exports_the_embedded_default(tmp_path):
-    """What the README's first command does, end to end, in a fresh process."""
-    output = tmp_path / "embedded"
-    result = run_export("--target", "onnx", "--output", str(output))
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["source"]["model"] == "embedded:tiny"
-    for step in ("vision_encoder", "embed_tokens", "encoder", "decoder"):
-        assert step in result.stderr and (output / f"{step}.onnx").is_file()
-    assert "max abs diff" in result.stderr

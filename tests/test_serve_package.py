@@ -1,5 +1,6 @@
-"""The service as it is packaged: the kiosk page is package data inside the wheel, the serve extra names
-its dependencies, CI installs Chromium, and the core runtime imports nothing of the service."""
+"""The service as it is packaged: the kiosk page (and the trained default's weights) are package data
+inside the wheel, the serve extra names its dependencies, CI installs Chromium, and the core runtime
+imports nothing of the service."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 PAGE = ("runtime/serve/static/index.html", "runtime/serve/static/kiosk.css", "runtime/serve/static/kiosk.js")
 
 
-def test_the_wheel_holds_the_kiosk_page(tmp_path):
+WEIGHTS = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "processor_config.json",
+           "floors.json")
+
+
+def test_the_wheel_holds_the_kiosk_page_and_the_trained_weights(tmp_path):
     source = tmp_path / "source"  # built from a copy: the checkout gets no build/ or egg-info
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -29,6 +34,9 @@ def test_the_wheel_holds_the_kiosk_page(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(PAGE) <= names
     assert {"runtime/serve/app.py", "runtime/serve/worker.py", "runtime/serve/__main__.py"} <= names
+    # embedded:tiny, the export default, loads from package data (export/embedded.py TRAINED_WEIGHTS).
+    shipped = {f"export/synthetic/weights/{name}" for name in WEIGHTS}
+    assert shipped <= names, sorted(shipped - names)
 
 
 def test_the_serve_extra_and_the_test_extra():

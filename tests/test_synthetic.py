@@ -158,19 +158,25 @@ def test_every_task_is_scored():
     assert set(TASK_ORDER) == {e.task for e in make_scene(0, 0, 1).examples()}
 
 
-WEIGHTS = __import__("pathlib").Path(score.__file__).parent / "weights"
 
-
-@pytest.mark.skipif(not (WEIGHTS / "model.safetensors").is_file(), reason="no shipped weights in export/synthetic/weights")
-def test_shipped_weights_answer_held_out_scenes():
-    """A few held-out answers of the shipped checkpoint, scored with the IoU tolerance (font rendering
-    moves by a pixel between Pillow versions). The floors sit well under the figures in its README."""
-    pytest.importorskip("transformers")
+def test_write_command_matches_the_scenes_and_never_overwrites(tmp_path):
     import json
+    import subprocess
+    import sys
 
-    run = score.transformers_runner(WEIGHTS, num_beams=1)
-    scenes = score.held_out(16, size=score._image_size(WEIGHTS))
-    scores = score.evaluate(run, scenes).scores()
-    floors = json.loads((WEIGHTS / "floors.json").read_text(encoding="utf-8"))
-    low = {key: (scores[key], floor) for key, floor in floors.items() if scores[key] < floor}
-    assert not low, f"held-out scores under their floors (score, floor): {low}"
+    from PIL import Image
+
+    command = [sys.executable, "-m", "export.synthetic.write", "--out", str(tmp_path), "--count", "2", "--size", "160"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == ["scene-0000.png", "scene-0001.png"]
+    for index, record in enumerate(records):
+        scene = make_scene(score.HELDOUT_SEED, index, 3, (160, 160))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / record["file"])), np.asarray(scene.image))
+        assert record["targets"]["<OD>"]["target"] == scene.examples()[1].target
+        assert [line["text"] for line in record["lines"]] == [line.text for line in scene.lines]
+    before = (tmp_path / "scene-0000.png").read_bytes()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already holds scene-0000.png" in again.stderr
+    assert "Traceback" not in again.stderr and (tmp_path / "scene-0000.png").read_bytes() == before

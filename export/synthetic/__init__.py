@@ -6,5 +6,6 @@
 - `batches`: training batches, the losses and the image-dependence probes (torch).
 - `train`: `python -m export.synthetic.train`, the curriculum, logging, checkpoints and resume.
 - `score`: metric functions (torch-free) and `python -m export.synthetic.score`.
+- `write`: `python -m export.synthetic.write`, held-out scenes as PNG files with their truth (torch-free).
 - `weights/`: the shipped checkpoint, trained with `train` (see its README).
 """

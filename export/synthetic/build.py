@@ -25,11 +25,11 @@ MAX_LENGTH = 256
 
 @dataclass(frozen=True)
 class ModelSpec:
-    image_size: int = 192  # a multiple of 32; image tokens = (image_size / 32) ** 2 + 1
+    image_size: int = 128  # a multiple of 32; image tokens = (image_size / 32) ** 2 + 1 (17 here)
     vision_dims: tuple[int, ...] = (32, 64, 128, 192)
     vision_heads: tuple[int, ...] = (1, 2, 4, 6)  # head dim 32, as in Florence-2
     vision_depths: tuple[int, ...] = (1, 1, 2, 1)
-    window: int = 6  # divides every stage's grid at 192 px (48, 24, 12, 6)
+    window: int = 4  # divides every stage's grid at 128 px (32, 16, 8, 4)
     d_model: int = 192
     encoder_layers: int = 3
     decoder_layers: int = 3

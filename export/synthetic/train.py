@@ -46,12 +46,12 @@ TASK_WEIGHTS = (("<OD>", 3.0), ("<OCR>", 2.0), ("<OCR_WITH_REGION>", 2.0), ("<CA
 
 @dataclass(frozen=True)
 class Recipe:
-    steps: int = 30000
+    steps: int = 12000
     images: int = 8  # scenes per step
     tasks_per_image: int = 3  # prompts per scene, sharing its vision pass
     lr: float = 5e-4
     vision_lr: float = 5e-4
-    warmup: int = 1000
+    warmup: int = 800
     min_lr: float = 0.05  # of lr, at the end of the cosine
     weight_decay: float = 0.01
     clip: float = 1.0
@@ -63,7 +63,7 @@ class Recipe:
     loc_init: bool = True  # start <loc_k> embeddings smooth in k (see smooth_locations)
     task_weights: tuple[tuple[str, float], ...] = TASK_WEIGHTS
     seed: int = 0
-    eval_every: int = 500
+    eval_every: int = 1000
     eval_scenes: int = 24
     checkpoint_seconds: float = 300.0
 
