@@ -37,9 +37,15 @@ def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    # A suite started in the background (nohup, `cmd &` in a script) hands its children SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the child gets Ctrl-C as a terminal does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "runtime", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def read_jsonl(path: Path) -> tuple[dict, list[dict]]:
