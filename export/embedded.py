@@ -5,8 +5,9 @@ image size (768 px, 577 image tokens), so every graph, every token id and every 
 seconds, with no network; `base` and `large` have the real shapes (random weights), for size, speed
 and parity checks of real-sized graphs. The embedded default `python -m export` uses without
 `--model` is not one of them: `embedded:tiny` is the checkpoint trained on synthetic scenes and
-shipped in `export/synthetic/weights/` (see `TRAINED`), a model whose answers are right. The tokenizer is a real byte-level BPE (trained here on a small corpus) carrying every token
-real Florence-2 checkpoints add: the task tokens, `<loc_0>`..`<loc_999>`, `<poly>`, `<sep>`... and
+shipped in `export/synthetic/weights/` (see `TRAINED` and that folder's README), a model whose boxes
+and masks are right. The tokenizer is a real byte-level BPE (trained here on a small corpus) carrying
+every token real Florence-2 checkpoints add: the task tokens, `<loc_0>`..`<loc_999>`, `<poly>`, `<sep>`... and
 `<image>`. Processor, preprocessing and generation config are written as real checkpoints have them.
 """
 

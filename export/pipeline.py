@@ -35,7 +35,8 @@ EMBEDDED_PREFIX = "embedded:"
 
 
 def resolve_checkpoint(model: str | None, scratch: Path) -> Checkpoint:
-    """`None` or `embedded:<preset>` builds a deterministic checkpoint offline; anything else loads."""
+    """`None` or `embedded:tiny` loads the shipped trained checkpoint; another `embedded:<preset>` builds
+    a deterministic random one offline; anything else loads."""
     if model is None or model.startswith(EMBEDDED_PREFIX):
         from .embedded import PRESETS, TRAINED, TRAINED_WEIGHTS, build_checkpoint
 
