@@ -1,4 +1,5 @@
-"""Time transformers eager fp32 and this project's artifacts in one run, on the same image and prompt.
+"""Time transformers (fp32: its default attention and its other forms) and this project's artifacts
+in one run, on the same image and prompt.
 
     python examples/benchmark.py --size base --targets onnx,openvino --precisions fp32,int8,int4 \
         --tokens 20,200 --beams 1,3 [--model CKPT] [--repeats 3] [--json OUT] [--cache DIR] [--fresh] \
@@ -396,7 +397,8 @@ def measure_limits(table: list[dict], candidates: list[dict], args) -> dict:
             print(f"cold start {cand['target']} {cand['precision']}", flush=True)
             try:
                 starts.append({"target": cand["target"], "precision": cand["precision"],
-                               **cold_starts(cand["artifact"], cand["target"], image, args.task, REPO)})
+                               **cold_starts(cand["artifact"], cand["target"], image, args.task, REPO,
+                                             ("--max-new-tokens", str(args.tokens[0]), "--num-beams", "1"))})
             except RuntimeError as err:
                 starts.append({"target": cand["target"], "precision": cand["precision"], "error": str(err)})
     return {"gemv": probe, "cold_starts": starts}

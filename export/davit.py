@@ -59,7 +59,11 @@ def export_copy(module: nn.Module, rewrites: dict[type, type]) -> nn.Module:
 
 
 def fast_vision_rewrites() -> dict[type, type]:
-    """The rewrites every target's vision graph gets."""
-    from transformers.models.florence2.modeling_florence2 import Florence2VisionChannelAttention
+    """The rewrites every target's vision graph gets (CoreML's window attention: export/rank5.py)."""
+    from transformers.models.florence2.modeling_florence2 import (Florence2VisionChannelAttention, Florence2VisionMLP,
+                                                                 Florence2VisionWindowAttention)
 
-    return {Florence2VisionChannelAttention: ChannelAttention}
+    from .vision_bands import BandedMLP, BandedWindowAttention
+
+    return {Florence2VisionChannelAttention: ChannelAttention, Florence2VisionWindowAttention: BandedWindowAttention,
+            Florence2VisionMLP: BandedMLP}

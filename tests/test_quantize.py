@@ -91,6 +91,38 @@ def test_int8_and_int4_sizes(artifacts):
     assert total_bytes(int4) < total_bytes(int8) < 0.4 * total_bytes(fp32)
 
 
+def test_int8_decoder_layers_are_8_bit_blocks_and_the_pass_says_so(artifacts):
+    """The decoder's layer weights are 8-bit MatMulNBits (matrix-vector kernels for a decode step);
+    the encoder keeps MatMulInteger, and the int4 decoder's attention projections get the same blocks."""
+    from quantize.onnx import INT8_BLOCK_SIZE
+
+    def ops(folder: Path, name: str) -> list[onnx.NodeProto]:
+        return list(onnx.load(str(folder / f"{name}.onnx"), load_external_data=False).graph.node)
+
+    int8, int4 = artifacts("int8"), artifacts("int4")
+    blocks = [n for n in ops(int8, "decoder") if n.op_type == "MatMulNBits"]
+    layers = read_manifest(int8).dims.decoder_layers
+    # Per layer: self-attention q, k, v, out; cross-attention q, out (its k, v are the encoder graph's); fc1, fc2.
+    assert len(blocks) == 8 * layers
+    for node in blocks:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, INT8_BLOCK_SIZE, 4)
+    weight_matmuls = [n for n in ops(int8, "decoder") if n.op_type == "MatMulInteger"]
+    assert len(weight_matmuls) == 1  # the tied LM head, on the shared table
+    assert not [n for n in ops(int8, "encoder") if n.op_type == "MatMulNBits"]
+    assert [n for n in ops(int8, "encoder") if n.op_type == "MatMulInteger"]
+    by_bits = {}
+    for node in ops(int4, "decoder"):
+        if node.op_type == "MatMulNBits":
+            bits = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "bits")
+            by_bits[bits] = by_bits.get(bits, 0) + 1
+    assert by_bits.get(8) == 6 * layers and by_bits.get(4, 0) >= 2 * layers
+    model = onnx.load(str(int8 / "decoder.onnx"), load_external_data=False)
+    record = json.loads({p.key: p.value for p in model.metadata_props}["florence2_edge.precision_pass"])
+    assert record["blocks"] is True and record["int8_block_size"] == INT8_BLOCK_SIZE
+    assert record["method"] == "dynamic"
+
+
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
 def test_word_embedding_is_stored_once(artifacts, precision):
     """embed_tokens and decoder reference the same shared file; no fp32 [V, d] table is left."""
