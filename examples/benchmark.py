@@ -397,8 +397,7 @@ def measure_limits(table: list[dict], candidates: list[dict], args) -> dict:
             print(f"cold start {cand['target']} {cand['precision']}", flush=True)
             try:
                 starts.append({"target": cand["target"], "precision": cand["precision"],
-                               **cold_starts(cand["artifact"], cand["target"], image, args.task, REPO,
-                                             ("--max-new-tokens", str(args.tokens[0]), "--num-beams", "1"))})
+                               **cold_starts(cand["artifact"], cand["target"], image, args.task, REPO, args.tokens[0])})
             except RuntimeError as err:
                 starts.append({"target": cand["target"], "precision": cand["precision"], "error": str(err)})
     return {"gemv": probe, "cold_starts": starts}

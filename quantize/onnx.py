@@ -227,22 +227,20 @@ def _int8(model: onnx.ModelProto, keep: list[str], conv: bool, only: list[str] |
 def _int8_blocks(model: onnx.ModelProto, keep: list[str], only: list[str] | None = None) -> onnx.ModelProto:
     """Every MatMul with constant weights (or those in `only`) as 8-bit symmetric MatMulNBits; the
     activation x activation MatMuls of attention stay fp32, as with MatMulConstBOnly."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
-                                     accuracy_level=INT4_ACCURACY_LEVEL, nodes_to_exclude=keep,
-                                     nodes_to_include=only, op_types_to_quantize=("MatMul",))
-    with _quiet():
-        quantizer.process()
-    return quantizer.model.model
+    return _nbits(model, bits=8, block_size=INT8_BLOCK_SIZE, symmetric=True, exclude=keep, only=only)
 
 
 def _int4(model: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
+    return _nbits(model, bits=4, block_size=INT4_BLOCK_SIZE, symmetric=False, exclude=keep)
+
+
+def _nbits(model: onnx.ModelProto, bits: int, block_size: int, symmetric: bool, exclude: list[str],
+           only: list[str] | None = None) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK_SIZE, is_symmetric=False,
-                                     accuracy_level=INT4_ACCURACY_LEVEL, nodes_to_exclude=keep,
-                                     op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=INT4_ACCURACY_LEVEL, nodes_to_exclude=exclude,
+                                     nodes_to_include=only, op_types_to_quantize=("MatMul",))
     with _quiet():
         quantizer.process()
     return quantizer.model.model
